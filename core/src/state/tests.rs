@@ -1,0 +1,1183 @@
+//! `apply` scenarios: given this state and command, exactly this response, change and events.
+//! Every rejection path has a test, and every rejection is checked to leave the digest alone.
+
+use super::*;
+use crate::command::{AriWindow, Failure, FailureClass, Op, StepRef};
+use crate::model::{ChallengeKind, Profile};
+use crate::order::StepName;
+use crate::testing::{ISSUER, account, sealed, spec, spec_with};
+use crate::time::{DAY_MS, HOUR_MS, MINUTE_MS};
+
+const T0: UnixMillis = UnixMillis(1_700_000_000_000);
+
+fn issuer() -> IssuerId {
+    IssuerId::parse(ISSUER).unwrap()
+}
+
+fn id(name: &str) -> CertId {
+    CertId::parse(name).unwrap()
+}
+
+fn run(state: &mut State, at: UnixMillis, op: Op) -> (Response, Vec<Event>) {
+    apply(state, &Command { at, op })
+}
+
+fn ok(state: &mut State, at: UnixMillis, op: Op) -> Vec<Event> {
+    let (response, events) = run(state, at, op.clone());
+    assert_eq!(response, Response::Accepted, "{op:?}");
+    events
+}
+
+/// Applies `op` expecting a rejection; checks the state is byte-for-byte unchanged.
+fn rejected(state: &mut State, at: UnixMillis, op: Op) -> Rejection {
+    let digest = state.digest();
+    let clock = state.clock();
+    let due = state.due.clone();
+    let (response, events) = run(state, at, op);
+    assert!(events.is_empty());
+    assert_eq!(
+        state.digest(),
+        digest,
+        "a rejected command changed the state"
+    );
+    assert_eq!(state.clock(), clock, "a rejected command moved the clock");
+    assert_eq!(state.due, due, "a rejected command changed the due index");
+    match response {
+        Response::Rejected(rejection) => rejection,
+        Response::Accepted => panic!("expected a rejection"),
+    }
+}
+
+fn step(cert: &str, cycle: u64, term: u64) -> StepRef {
+    StepRef {
+        cert: id(cert),
+        cycle: Cycle(cycle),
+        term: Term(term),
+    }
+}
+
+fn challenge(name: &str, token: &str) -> Challenge {
+    Challenge {
+        identifier: crate::name::Identifier::parse(name).unwrap(),
+        kind: ChallengeKind::Http01,
+        token: token.into(),
+        key_authorization: format!("{token}.thumb_print-1"),
+        url: format!("https://acme.test/chall/{token}"),
+    }
+}
+
+/// A state with an account and the certificate `www.example.com`.
+fn with_cert() -> State {
+    let mut state = State::new();
+    ok(
+        &mut state,
+        T0,
+        Op::SetAccount {
+            issuer: issuer(),
+            account: account(),
+        },
+    );
+    ok(
+        &mut state,
+        T0,
+        Op::PutCert {
+            spec: spec(&["www.example.com"]),
+            seed: 9,
+        },
+    );
+    state
+}
+
+/// `with_cert`, with cycle 1 opened by term 1 and moved to `until`.
+fn at_step(until: StepName) -> State {
+    let mut state = with_cert();
+    let cert = "www.example.com";
+    ok(
+        &mut state,
+        T0,
+        Op::BeginOrder {
+            cert: id(cert),
+            cycle: Cycle(1),
+            term: Term(1),
+            reason: RenewalReason::Initial,
+        },
+    );
+    let ops = [
+        (
+            StepName::OrderCreated,
+            Op::OrderCreated {
+                step: step(cert, 1, 1),
+                order_url: "https://acme.test/order/1".into(),
+                authorizations: vec!["https://acme.test/authz/1".into()],
+            },
+        ),
+        (
+            StepName::ChallengesPublished,
+            Op::ChallengesPublished {
+                step: step(cert, 1, 1),
+                challenges: vec![challenge(cert, "tok1")],
+            },
+        ),
+        (
+            StepName::KeyPrepared,
+            Op::KeyPrepared {
+                step: step(cert, 1, 1),
+                key: sealed(5),
+            },
+        ),
+        (
+            StepName::Finalized,
+            Op::Finalized {
+                step: step(cert, 1, 1),
+            },
+        ),
+    ];
+    for (name, op) in ops {
+        if until == StepName::Begun {
+            break;
+        }
+        ok(&mut state, T0, op);
+        if name == until {
+            break;
+        }
+    }
+    state
+}
+
+fn issued(cert: &str, cycle: u64, term: u64, not_before: UnixMillis, lifetime_ms: u64) -> Op {
+    Op::CertIssued {
+        step: step(cert, cycle, term),
+        leaf_der: vec![0x30, 1, 2, 3],
+        chain_der: vec![vec![0x30, 9, 9]],
+        not_before,
+        not_after: not_before.plus_ms(lifetime_ms),
+        ari_id: Some("aaa.bbb".into()),
+    }
+}
+
+fn failure(class: FailureClass) -> Failure {
+    Failure {
+        class,
+        problem: None,
+        detail: "boom".into(),
+        retry_at: None,
+        failed_identifiers: vec![],
+        account_wide: false,
+    }
+}
+
+// ---- The happy path ----
+
+#[test]
+fn a_full_cycle_publishes_then_withdraws_challenges_and_activates_the_certificate() {
+    let mut state = with_cert();
+    let cert = "www.example.com";
+    assert_eq!(state.open_count(), 0);
+    ok(
+        &mut state,
+        T0,
+        Op::BeginOrder {
+            cert: id(cert),
+            cycle: Cycle(1),
+            term: Term(1),
+            reason: RenewalReason::Initial,
+        },
+    );
+    assert_eq!(state.open_count(), 1);
+    assert!(
+        state.due.is_empty(),
+        "an open cycle is not in the due index"
+    );
+    ok(
+        &mut state,
+        T0,
+        Op::OrderCreated {
+            step: step(cert, 1, 1),
+            order_url: "https://acme.test/order/1".into(),
+            authorizations: vec!["https://acme.test/authz/1".into()],
+        },
+    );
+    let events = ok(
+        &mut state,
+        T0,
+        Op::ChallengesPublished {
+            step: step(cert, 1, 1),
+            challenges: vec![challenge(cert, "tok1")],
+        },
+    );
+    assert_eq!(
+        events,
+        vec![Event::ChallengePublished {
+            cert: id(cert),
+            challenge: challenge(cert, "tok1")
+        }]
+    );
+    assert_eq!(state.challenges().count(), 1);
+    ok(
+        &mut state,
+        T0,
+        Op::KeyPrepared {
+            step: step(cert, 1, 1),
+            key: sealed(5),
+        },
+    );
+    ok(
+        &mut state,
+        T0,
+        Op::Finalized {
+            step: step(cert, 1, 1),
+        },
+    );
+    let events = ok(
+        &mut state,
+        T0.plus_ms(5),
+        issued(cert, 1, 1, T0, 90 * DAY_MS),
+    );
+    assert_eq!(
+        events,
+        vec![
+            Event::ChallengeWithdrawn {
+                cert: id(cert),
+                challenge: challenge(cert, "tok1")
+            },
+            Event::CertActivated {
+                cert: id(cert),
+                not_after: T0.plus_ms(90 * DAY_MS)
+            },
+        ]
+    );
+    let record = state.cert(&id(cert)).unwrap();
+    assert!(record.open.is_none());
+    let current = record.current.as_ref().unwrap();
+    assert_eq!(
+        current.key,
+        sealed(5),
+        "the committed key is the served key"
+    );
+    assert_eq!(state.chain(&current.chain), Some(&[vec![0x30, 9, 9]][..]));
+    assert_eq!(state.open_count(), 0);
+    assert_eq!(state.due.len(), 1, "back in the due index for renewal");
+    assert_eq!(state.challenges().count(), 0);
+}
+
+#[test]
+fn committed_time_never_goes_backwards() {
+    let mut state = with_cert();
+    ok(
+        &mut state,
+        T0.plus_ms(1000),
+        Op::SetPolicy {
+            policy: Policy::default(),
+        },
+    );
+    assert_eq!(state.clock(), T0.plus_ms(1000));
+    // A new leader with a clock behind commits: the state clock stays (SIMULATION I12).
+    ok(
+        &mut state,
+        T0,
+        Op::BeginOrder {
+            cert: id("www.example.com"),
+            cycle: Cycle(1),
+            term: Term(2),
+            reason: RenewalReason::Initial,
+        },
+    );
+    assert_eq!(state.clock(), T0.plus_ms(1000));
+    let begun_at = state
+        .cert(&id("www.example.com"))
+        .unwrap()
+        .open
+        .as_ref()
+        .unwrap()
+        .begun_at;
+    assert_eq!(
+        begun_at,
+        T0.plus_ms(1000),
+        "the clamped time is the one recorded"
+    );
+}
+
+#[test]
+fn putting_the_same_spec_again_changes_nothing() {
+    let mut state = with_cert();
+    let digest = state.digest();
+    ok(
+        &mut state,
+        T0.plus_ms(10),
+        Op::PutCert {
+            spec: spec(&["www.example.com"]),
+            seed: 77,
+        },
+    );
+    let record = state.cert(&id("www.example.com")).unwrap();
+    assert_eq!(record.seed, 9, "the original seed is kept");
+    assert_eq!(record.added_at, T0);
+    assert_ne!(state.digest(), digest, "only the committed clock moved");
+}
+
+#[test]
+fn changing_a_spec_abandons_the_open_cycle_and_renews_at_once() {
+    let mut state = at_step(StepName::Finalized);
+    ok(
+        &mut state,
+        T0,
+        issued("www.example.com", 1, 1, T0, 90 * DAY_MS),
+    );
+    ok(
+        &mut state,
+        T0,
+        Op::BeginOrder {
+            cert: id("www.example.com"),
+            cycle: Cycle(2),
+            term: Term(1),
+            reason: RenewalReason::Scheduled,
+        },
+    );
+    let mut changed = spec(&["www.example.com"]);
+    changed.key_type = crate::model::KeyType::EcdsaP384;
+    ok(
+        &mut state,
+        T0.plus_ms(1),
+        Op::PutCert {
+            spec: changed.clone(),
+            seed: 1,
+        },
+    );
+    let record = state.cert(&id("www.example.com")).unwrap();
+    assert!(record.open.is_none(), "the old cycle is closed");
+    assert_eq!(record.spec, changed);
+    assert!(record.spec_changed);
+    let sched = schedule(&id("www.example.com"), record, state.policy()).unwrap();
+    assert_eq!(sched.reason, RenewalReason::SpecChanged);
+    assert!(sched.renew_at <= T0, "due at once");
+}
+
+#[test]
+fn removing_a_certificate_with_an_open_cycle_closes_it_cleanly() {
+    let mut state = at_step(StepName::ChallengesPublished);
+    let before = state.budgets().len();
+    assert!(before > 0, "the order reserved budgets");
+    let events = ok(
+        &mut state,
+        T0.plus_ms(1),
+        Op::RemoveCert {
+            cert: id("www.example.com"),
+        },
+    );
+    assert_eq!(
+        events,
+        vec![
+            Event::ChallengeWithdrawn {
+                cert: id("www.example.com"),
+                challenge: challenge("www.example.com", "tok1")
+            },
+            Event::CertRemoved {
+                cert: id("www.example.com")
+            },
+        ]
+    );
+    assert_eq!(state.cert_count(), 0);
+    assert_eq!(state.open_count(), 0);
+    assert!(state.due.is_empty());
+    assert_eq!(state.challenges().count(), 0);
+    // Only the new-order unit stays spent: the CA counted the order, not a certificate.
+    assert_eq!(state.budgets().len(), 1);
+}
+
+#[test]
+fn chains_are_interned_and_released_with_their_last_leaf() {
+    let mut state = at_step(StepName::Finalized);
+    ok(
+        &mut state,
+        T0,
+        issued("www.example.com", 1, 1, T0, 90 * DAY_MS),
+    );
+    ok(
+        &mut state,
+        T0,
+        Op::PutCert {
+            spec: spec(&["api.example.com"]),
+            seed: 1,
+        },
+    );
+    ok(
+        &mut state,
+        T0,
+        Op::BeginOrder {
+            cert: id("api.example.com"),
+            cycle: Cycle(1),
+            term: Term(1),
+            reason: RenewalReason::Initial,
+        },
+    );
+    let s = || step("api.example.com", 1, 1);
+    let order = Op::OrderCreated {
+        step: s(),
+        order_url: "https://acme.test/o/2".into(),
+        authorizations: vec!["https://acme.test/a/2".into()],
+    };
+    ok(&mut state, T0, order);
+    ok(
+        &mut state,
+        T0,
+        Op::ChallengesPublished {
+            step: s(),
+            challenges: vec![],
+        },
+    );
+    ok(
+        &mut state,
+        T0,
+        Op::KeyPrepared {
+            step: s(),
+            key: sealed(6),
+        },
+    );
+    ok(&mut state, T0, Op::Finalized { step: s() });
+    ok(
+        &mut state,
+        T0,
+        issued("api.example.com", 1, 1, T0, 90 * DAY_MS),
+    );
+    assert_eq!(state.chains.len(), 1, "two leaves, one interned chain");
+    assert_eq!(state.chains.values().next().unwrap().refs, 2);
+    ok(
+        &mut state,
+        T0,
+        Op::RemoveCert {
+            cert: id("www.example.com"),
+        },
+    );
+    assert_eq!(state.chains.values().next().unwrap().refs, 1);
+    ok(
+        &mut state,
+        T0,
+        Op::RemoveCert {
+            cert: id("api.example.com"),
+        },
+    );
+    assert!(state.chains.is_empty());
+}
+
+#[test]
+fn a_failed_cycle_backs_off_and_honours_the_cas_retry_after() {
+    let mut state = at_step(StepName::OrderCreated);
+    ok(
+        &mut state,
+        T0,
+        Op::OrderFailed {
+            step: step("www.example.com", 1, 1),
+            failure: failure(FailureClass::Retryable),
+            seed: 3,
+        },
+    );
+    let record = state.cert(&id("www.example.com")).unwrap();
+    assert_eq!(record.failures, 1);
+    let retry = record.retry_at.unwrap();
+    assert!(
+        retry >= T0.plus_ms(MINUTE_MS) && retry <= T0.plus_ms(MINUTE_MS + MINUTE_MS / 10),
+        "1 min + ≤10% jitter: {retry}"
+    );
+    // Second failure: the CA's Retry-After (2 h) beats the 10 min step.
+    ok(
+        &mut state,
+        retry,
+        Op::BeginOrder {
+            cert: id("www.example.com"),
+            cycle: Cycle(2),
+            term: Term(1),
+            reason: RenewalReason::Retry,
+        },
+    );
+    let mut f = failure(FailureClass::RateLimited);
+    f.retry_at = Some(retry.plus_ms(2 * HOUR_MS));
+    ok(
+        &mut state,
+        retry,
+        Op::OrderFailed {
+            step: step("www.example.com", 2, 1),
+            failure: f,
+            seed: 3,
+        },
+    );
+    let record = state.cert(&id("www.example.com")).unwrap();
+    assert_eq!(record.failures, 2);
+    assert_eq!(record.retry_at, Some(retry.plus_ms(2 * HOUR_MS)));
+    assert!(record.last_failure.is_some());
+}
+
+#[test]
+fn failed_authorizations_count_against_the_identifier_budget() {
+    let mut state = at_step(StepName::ChallengesPublished);
+    let mut f = failure(FailureClass::Permanent);
+    f.failed_identifiers = vec![crate::name::Identifier::parse("www.example.com").unwrap()];
+    ok(
+        &mut state,
+        T0,
+        Op::OrderFailed {
+            step: step("www.example.com", 1, 1),
+            failure: f,
+            seed: 1,
+        },
+    );
+    let key = BudgetKey::FailedAuthz {
+        issuer: issuer(),
+        identifier: "www.example.com".into(),
+    };
+    assert!(state.budgets().arrival(&key).is_some());
+}
+
+#[test]
+fn renewal_info_picks_a_point_once_per_window() {
+    let mut state = at_step(StepName::Finalized);
+    ok(
+        &mut state,
+        T0,
+        issued("www.example.com", 1, 1, T0, 90 * DAY_MS),
+    );
+    let window = AriWindow {
+        start: T0.plus_ms(60 * DAY_MS),
+        end: T0.plus_ms(62 * DAY_MS),
+    };
+    let poll = |seed| Op::RenewalInfoPolled {
+        cert: id("www.example.com"),
+        cycle: Cycle(1),
+        window: Some(window),
+        retry_at: None,
+        seed,
+    };
+    ok(&mut state, T0.plus_ms(DAY_MS), poll(1));
+    let ari = state
+        .cert(&id("www.example.com"))
+        .unwrap()
+        .ari
+        .clone()
+        .unwrap();
+    let chosen = ari.chosen_at.unwrap();
+    assert!(chosen >= window.start && chosen < window.end);
+    assert_eq!(
+        ari.next_poll_at,
+        T0.plus_ms(DAY_MS + 12 * HOUR_MS),
+        "at most twice a day"
+    );
+    // The same window with another seed keeps the committed point.
+    ok(&mut state, T0.plus_ms(2 * DAY_MS), poll(2));
+    assert_eq!(
+        state
+            .cert(&id("www.example.com"))
+            .unwrap()
+            .ari
+            .as_ref()
+            .unwrap()
+            .chosen_at,
+        Some(chosen)
+    );
+    // A moved window ("renew now") picks again, inside the new window.
+    let now_window = AriWindow {
+        start: T0.plus_ms(2 * DAY_MS),
+        end: T0.plus_ms(2 * DAY_MS + HOUR_MS),
+    };
+    let op = Op::RenewalInfoPolled {
+        cert: id("www.example.com"),
+        cycle: Cycle(1),
+        window: Some(now_window),
+        retry_at: None,
+        seed: 2,
+    };
+    ok(&mut state, T0.plus_ms(2 * DAY_MS), op);
+    let record = state.cert(&id("www.example.com")).unwrap();
+    let chosen = record.ari.as_ref().unwrap().chosen_at.unwrap();
+    assert!(chosen >= now_window.start && chosen < now_window.end);
+    let sched = schedule(&id("www.example.com"), record, state.policy()).unwrap();
+    assert_eq!((sched.renew_at, sched.reason), (chosen, RenewalReason::Ari));
+}
+
+#[test]
+fn deferrals_skip_unknown_and_busy_certificates() {
+    let mut state = at_step(StepName::Begun);
+    ok(
+        &mut state,
+        T0,
+        Op::PutCert {
+            spec: spec(&["idle.example.com"]),
+            seed: 1,
+        },
+    );
+    let items = vec![
+        (id("gone.example.com"), T0.plus_ms(DAY_MS)),
+        (id("www.example.com"), T0.plus_ms(DAY_MS)),
+        (id("idle.example.com"), T0.plus_ms(DAY_MS)),
+    ];
+    ok(&mut state, T0, Op::CertsDeferred { items });
+    assert_eq!(
+        state.cert(&id("idle.example.com")).unwrap().deferred_until,
+        Some(T0.plus_ms(DAY_MS))
+    );
+    assert_eq!(
+        state.cert(&id("www.example.com")).unwrap().deferred_until,
+        None
+    );
+}
+
+// ---- One test per rejection ----
+
+#[test]
+fn unknown_certificates_are_rejected_for_every_certificate_command() {
+    let mut state = with_cert();
+    let missing = "missing.example.com";
+    let ops = [
+        Op::RemoveCert { cert: id(missing) },
+        Op::BeginOrder {
+            cert: id(missing),
+            cycle: Cycle(1),
+            term: Term(1),
+            reason: RenewalReason::Initial,
+        },
+        Op::ResumeOrder {
+            cert: id(missing),
+            cycle: Cycle(1),
+            term: Term(2),
+        },
+        Op::Finalized {
+            step: step(missing, 1, 1),
+        },
+        Op::RenewalInfoPolled {
+            cert: id(missing),
+            cycle: Cycle(1),
+            window: None,
+            retry_at: None,
+            seed: 0,
+        },
+    ];
+    for op in ops {
+        assert_eq!(
+            rejected(&mut state, T0, op),
+            Rejection::UnknownCert { cert: id(missing) }
+        );
+    }
+}
+
+#[test]
+fn a_certificate_for_an_issuer_without_account_is_rejected() {
+    let mut state = State::new();
+    let err = rejected(
+        &mut state,
+        T0,
+        Op::PutCert {
+            spec: spec(&["www.example.com"]),
+            seed: 1,
+        },
+    );
+    assert_eq!(err, Rejection::UnknownIssuer { issuer: issuer() });
+}
+
+#[test]
+fn deposed_leader_cannot_commit_order_created() {
+    let mut state = at_step(StepName::Begun);
+    // Term 2 takes the cycle over; term 1's late step is fenced off (DESIGN §5).
+    ok(
+        &mut state,
+        T0,
+        Op::ResumeOrder {
+            cert: id("www.example.com"),
+            cycle: Cycle(1),
+            term: Term(2),
+        },
+    );
+    let op = Op::OrderCreated {
+        step: step("www.example.com", 1, 1),
+        order_url: "https://acme.test/order/9".into(),
+        authorizations: vec!["https://acme.test/authz/9".into()],
+    };
+    let err = rejected(&mut state, T0, op);
+    assert_eq!(
+        err,
+        Rejection::StaleTerm {
+            cert: id("www.example.com"),
+            cycle: Cycle(1),
+            term: Term(1),
+            owner: Term(2)
+        }
+    );
+}
+
+#[test]
+fn a_step_from_a_newer_term_that_did_not_resume_is_also_stale() {
+    let mut state = at_step(StepName::OrderCreated);
+    let op = Op::ChallengesPublished {
+        step: step("www.example.com", 1, 3),
+        challenges: vec![],
+    };
+    assert!(matches!(
+        rejected(&mut state, T0, op),
+        Rejection::StaleTerm { owner: Term(1), .. }
+    ));
+}
+
+#[test]
+fn begin_order_with_a_skipped_cycle_number_is_rejected() {
+    let mut state = with_cert();
+    let op = Op::BeginOrder {
+        cert: id("www.example.com"),
+        cycle: Cycle(2),
+        term: Term(1),
+        reason: RenewalReason::Initial,
+    };
+    assert_eq!(
+        rejected(&mut state, T0, op),
+        Rejection::WrongCycle {
+            cert: id("www.example.com"),
+            expected: Cycle(1),
+            got: Cycle(2)
+        }
+    );
+}
+
+#[test]
+fn a_step_for_another_cycle_is_rejected() {
+    let mut state = at_step(StepName::Begun);
+    let op = Op::KeyPrepared {
+        step: step("www.example.com", 2, 1),
+        key: sealed(1),
+    };
+    assert!(matches!(
+        rejected(&mut state, T0, op),
+        Rejection::WrongCycle {
+            expected: Cycle(1),
+            got: Cycle(2),
+            ..
+        }
+    ));
+    let op = Op::ResumeOrder {
+        cert: id("www.example.com"),
+        cycle: Cycle(7),
+        term: Term(9),
+    };
+    assert!(matches!(
+        rejected(&mut state, T0, op),
+        Rejection::WrongCycle { .. }
+    ));
+}
+
+#[test]
+fn steps_without_an_open_cycle_are_rejected() {
+    let mut state = with_cert();
+    let op = Op::Finalized {
+        step: step("www.example.com", 1, 1),
+    };
+    assert_eq!(
+        rejected(&mut state, T0, op),
+        Rejection::NoOpenCycle {
+            cert: id("www.example.com")
+        }
+    );
+    let op = Op::ResumeOrder {
+        cert: id("www.example.com"),
+        cycle: Cycle(1),
+        term: Term(2),
+    };
+    assert_eq!(
+        rejected(&mut state, T0, op),
+        Rejection::NoOpenCycle {
+            cert: id("www.example.com")
+        }
+    );
+}
+
+#[test]
+fn a_second_begin_order_while_a_cycle_is_open_is_rejected() {
+    let mut state = at_step(StepName::Begun);
+    let op = Op::BeginOrder {
+        cert: id("www.example.com"),
+        cycle: Cycle(2),
+        term: Term(1),
+        reason: RenewalReason::Initial,
+    };
+    assert_eq!(
+        rejected(&mut state, T0, op),
+        Rejection::CycleOpen {
+            cert: id("www.example.com"),
+            cycle: Cycle(1)
+        }
+    );
+}
+
+#[test]
+fn steps_out_of_order_are_rejected() {
+    let mut state = at_step(StepName::Begun);
+    let op = Op::KeyPrepared {
+        step: step("www.example.com", 1, 1),
+        key: sealed(1),
+    };
+    let err = rejected(&mut state, T0, op);
+    assert_eq!(
+        err,
+        Rejection::OutOfOrder {
+            cert: id("www.example.com"),
+            at: StepName::Begun,
+            got: StepName::KeyPrepared
+        }
+    );
+    let mut state = at_step(StepName::KeyPrepared);
+    let err = rejected(&mut state, T0, issued("www.example.com", 1, 1, T0, DAY_MS));
+    assert_eq!(
+        err,
+        Rejection::OutOfOrder {
+            cert: id("www.example.com"),
+            at: StepName::KeyPrepared,
+            got: StepName::CertIssued
+        }
+    );
+    let op = Op::OrderCreated {
+        step: step("www.example.com", 1, 1),
+        order_url: "https://acme.test/o".into(),
+        authorizations: vec!["https://acme.test/a".into()],
+    };
+    assert!(matches!(
+        rejected(&mut state, T0, op),
+        Rejection::OutOfOrder {
+            got: StepName::OrderCreated,
+            ..
+        }
+    ));
+}
+
+#[test]
+fn resume_from_a_term_not_newer_is_rejected() {
+    let mut state = at_step(StepName::Begun);
+    let op = Op::ResumeOrder {
+        cert: id("www.example.com"),
+        cycle: Cycle(1),
+        term: Term(1),
+    };
+    assert_eq!(
+        rejected(&mut state, T0, op),
+        Rejection::TermNotNewer {
+            cert: id("www.example.com"),
+            term: Term(1),
+            owner: Term(1)
+        }
+    );
+}
+
+#[test]
+fn an_order_beyond_the_budget_is_rejected() {
+    let mut state = with_cert();
+    let policy = Policy {
+        new_orders: crate::budget::Rate {
+            count: 1,
+            period_ms: HOUR_MS,
+        },
+        ..Policy::default()
+    };
+    ok(&mut state, T0, Op::SetPolicy { policy });
+    ok(
+        &mut state,
+        T0,
+        Op::PutCert {
+            spec: spec(&["other.example.com"]),
+            seed: 2,
+        },
+    );
+    ok(
+        &mut state,
+        T0,
+        Op::BeginOrder {
+            cert: id("www.example.com"),
+            cycle: Cycle(1),
+            term: Term(1),
+            reason: RenewalReason::Initial,
+        },
+    );
+    let op = Op::BeginOrder {
+        cert: id("other.example.com"),
+        cycle: Cycle(1),
+        term: Term(1),
+        reason: RenewalReason::Initial,
+    };
+    let err = rejected(&mut state, T0.plus_ms(1), op.clone());
+    assert_eq!(
+        err,
+        Rejection::BudgetExhausted {
+            key: BudgetKey::NewOrders { issuer: issuer() },
+            available_at: T0.plus_ms(HOUR_MS)
+        }
+    );
+    ok(&mut state, T0.plus_ms(HOUR_MS), op);
+}
+
+#[test]
+fn an_account_wide_rate_limit_throttles_the_issuer() {
+    let mut state = at_step(StepName::Begun);
+    let mut f = failure(FailureClass::RateLimited);
+    f.retry_at = Some(T0.plus_ms(3 * HOUR_MS));
+    f.account_wide = true;
+    ok(
+        &mut state,
+        T0,
+        Op::OrderFailed {
+            step: step("www.example.com", 1, 1),
+            failure: f,
+            seed: 1,
+        },
+    );
+    ok(
+        &mut state,
+        T0,
+        Op::PutCert {
+            spec: spec(&["other.example.com"]),
+            seed: 2,
+        },
+    );
+    let op = Op::BeginOrder {
+        cert: id("other.example.com"),
+        cycle: Cycle(1),
+        term: Term(1),
+        reason: RenewalReason::Initial,
+    };
+    let err = rejected(&mut state, T0.plus_ms(HOUR_MS), op);
+    assert_eq!(
+        err,
+        Rejection::IssuerThrottled {
+            issuer: issuer(),
+            until: T0.plus_ms(3 * HOUR_MS)
+        }
+    );
+}
+
+#[test]
+fn renewal_info_for_a_replaced_certificate_is_stale() {
+    let mut state = at_step(StepName::Finalized);
+    ok(
+        &mut state,
+        T0,
+        issued("www.example.com", 1, 1, T0, 90 * DAY_MS),
+    );
+    let op = Op::RenewalInfoPolled {
+        cert: id("www.example.com"),
+        cycle: Cycle(0),
+        window: None,
+        retry_at: None,
+        seed: 0,
+    };
+    let err = rejected(&mut state, T0, op);
+    assert_eq!(
+        err,
+        Rejection::StaleRenewalInfo {
+            cert: id("www.example.com"),
+            got: Cycle(0),
+            current: Cycle(1)
+        }
+    );
+    let mut fresh = with_cert();
+    let op = Op::RenewalInfoPolled {
+        cert: id("www.example.com"),
+        cycle: Cycle(0),
+        window: None,
+        retry_at: None,
+        seed: 0,
+    };
+    assert!(
+        matches!(
+            rejected(&mut fresh, T0, op),
+            Rejection::StaleRenewalInfo { .. }
+        ),
+        "nothing issued yet"
+    );
+}
+
+fn assert_invalid(state: &mut State, op: Op, needle: &str) {
+    match rejected(state, T0, op) {
+        Rejection::Invalid { reason } => assert!(
+            reason.contains(needle),
+            "{reason:?} does not mention {needle:?}"
+        ),
+        other => panic!("expected Invalid mentioning {needle:?}, got {other:?}"),
+    }
+}
+
+#[test]
+fn invalid_admin_commands_are_rejected_naming_the_value() {
+    let mut state = with_cert();
+    let mut unsorted = spec(&["a.example.com", "b.example.com"]);
+    unsorted.identifiers.reverse();
+    assert_invalid(
+        &mut state,
+        Op::PutCert {
+            spec: unsorted,
+            seed: 0,
+        },
+        "not normalized",
+    );
+    let mut ip = spec_with(&["192.0.2.1"], ChallengeKind::Http01, Profile::ShortLived);
+    ip.profile = Profile::Classic;
+    assert_invalid(&mut state, Op::PutCert { spec: ip, seed: 0 }, "shortlived");
+    let policy = Policy {
+        renew_permille: 0,
+        ..Policy::default()
+    };
+    assert_invalid(&mut state, Op::SetPolicy { policy }, "renew_permille");
+    let mut plaintext = account();
+    plaintext.credentials = serde_plaintext_blob();
+    assert_invalid(
+        &mut state,
+        Op::SetAccount {
+            issuer: issuer(),
+            account: plaintext,
+        },
+        "plaintext",
+    );
+    let mut bad_url = account();
+    bad_url.directory_url = "ftp://acme.test/dir".into();
+    assert_invalid(
+        &mut state,
+        Op::SetAccount {
+            issuer: issuer(),
+            account: bad_url,
+        },
+        "ftp://acme.test/dir",
+    );
+    let mut bad_contact = account();
+    bad_contact.contact = vec!["tel:+1555".into()];
+    assert_invalid(
+        &mut state,
+        Op::SetAccount {
+            issuer: issuer(),
+            account: bad_contact,
+        },
+        "tel:+1555",
+    );
+    let items = (0..=DEFER_BATCH_MAX)
+        .map(|_| (id("www.example.com"), T0))
+        .collect();
+    assert_invalid(&mut state, Op::CertsDeferred { items }, "batch limit");
+}
+
+/// A blob that decodes fine but is not in the sealed envelope: what a plaintext key would be.
+fn serde_plaintext_blob() -> SealedBlob {
+    let pem =
+        b"-----BEGIN PRIVATE KEY-----\nMIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQg\n".to_vec();
+    // A newtype over bytes encodes as the bytes: decode the PEM as if it came off the wire.
+    let bytes = postcard::to_allocvec(&pem).unwrap();
+    postcard::from_bytes(&bytes).unwrap()
+}
+
+#[test]
+fn invalid_order_steps_are_rejected_naming_the_value() {
+    let s = || step("www.example.com", 1, 1);
+    let mut state = at_step(StepName::Begun);
+    let op = Op::OrderCreated {
+        step: s(),
+        order_url: "not a url".into(),
+        authorizations: vec!["https://acme.test/a".into()],
+    };
+    assert_invalid(&mut state, op, "not a url");
+    let op = Op::OrderCreated {
+        step: s(),
+        order_url: "https://acme.test/o".into(),
+        authorizations: vec![],
+    };
+    assert_invalid(&mut state, op, "0 authorizations");
+
+    let mut state = at_step(StepName::OrderCreated);
+    let op = Op::ChallengesPublished {
+        step: s(),
+        challenges: vec![challenge("www.example.com", "../../etc/passwd")],
+    };
+    assert_invalid(&mut state, op, "not base64url");
+    let mut wrong_ka = challenge("www.example.com", "tok1");
+    wrong_ka.key_authorization = "other.thumb".into();
+    assert_invalid(
+        &mut state,
+        Op::ChallengesPublished {
+            step: s(),
+            challenges: vec![wrong_ka],
+        },
+        "token.thumbprint",
+    );
+    let foreign = challenge("evil.example.net", "tok2");
+    assert_invalid(
+        &mut state,
+        Op::ChallengesPublished {
+            step: s(),
+            challenges: vec![foreign],
+        },
+        "evil.example.net",
+    );
+    let twice = vec![
+        challenge("www.example.com", "tok1"),
+        challenge("www.example.com", "tok1"),
+    ];
+    assert_invalid(
+        &mut state,
+        Op::ChallengesPublished {
+            step: s(),
+            challenges: twice,
+        },
+        "challenges for 1 identifiers",
+    );
+
+    let mut state = at_step(StepName::ChallengesPublished);
+    assert_invalid(
+        &mut state,
+        Op::KeyPrepared {
+            step: s(),
+            key: serde_plaintext_blob(),
+        },
+        "plaintext",
+    );
+
+    let mut state = at_step(StepName::Finalized);
+    let mut op = issued("www.example.com", 1, 1, T0, DAY_MS);
+    if let Op::CertIssued { not_after, .. } = &mut op {
+        *not_after = T0;
+    }
+    assert_invalid(&mut state, op, "expires");
+    let mut op = issued("www.example.com", 1, 1, T0, DAY_MS);
+    if let Op::CertIssued { leaf_der, .. } = &mut op {
+        leaf_der.clear();
+    }
+    assert_invalid(&mut state, op, "leaf certificate of 0 bytes");
+    let mut op = issued("www.example.com", 1, 1, T0, DAY_MS);
+    if let Op::CertIssued { chain_der, .. } = &mut op {
+        *chain_der = vec![vec![1]; CHAIN_LEN_MAX + 1];
+    }
+    assert_invalid(&mut state, op, "chain of 9");
+
+    let mut f = failure(FailureClass::Permanent);
+    f.failed_identifiers = vec![crate::name::Identifier::parse("evil.example.net").unwrap()];
+    assert_invalid(
+        &mut state,
+        Op::OrderFailed {
+            step: s(),
+            failure: f,
+            seed: 0,
+        },
+        "evil.example.net",
+    );
+    let mut f = failure(FailureClass::Permanent);
+    f.detail = "x".repeat(Failure::DETAIL_LEN_MAX + 1);
+    assert_invalid(
+        &mut state,
+        Op::OrderFailed {
+            step: s(),
+            failure: f,
+            seed: 0,
+        },
+        "too long",
+    );
+
+    ok(&mut state, T0, issued("www.example.com", 1, 1, T0, DAY_MS));
+    let window = AriWindow {
+        start: T0.plus_ms(10),
+        end: T0,
+    };
+    let op = Op::RenewalInfoPolled {
+        cert: id("www.example.com"),
+        cycle: Cycle(1),
+        window: Some(window),
+        retry_at: None,
+        seed: 0,
+    };
+    assert_invalid(&mut state, op, "ARI window");
+}
