@@ -151,9 +151,9 @@ pub fn plan(state: &State, now: UnixMillis, term: Term) -> Plan {
                 out.wake_at = Some(out.wake_at.map_or(until, |w| w.min(until)));
                 continue;
             }
-            match admit(state.budgets(), policy, &record.spec, now, Some(&overlay)) {
+            match admit(state.budgets(), policy, record, now, Some(&overlay)) {
                 Ok(()) => {
-                    for (key, rate) in reservations(policy, &record.spec) {
+                    for (key, rate) in reservations(policy, record) {
                         let arrival = overlay
                             .get(&key)
                             .copied()

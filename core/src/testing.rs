@@ -102,6 +102,7 @@ pub fn populated_state(count: usize, now: UnixMillis, leaf_len: usize) -> State 
                 ari_id: None,
             }),
             spec_changed: false,
+            identifiers_changed: false,
             failures: 0,
             retry_at: None,
             last_failure: None,
@@ -707,5 +708,24 @@ mod tests {
             h.ca.orders_per_set
         );
         assert_eq!(h.stats.rejected, 0);
+    }
+
+    #[test]
+    fn twenty_five_six_day_certificates_per_domain_keep_renewing() {
+        // 25 certificates renewing every 3 days is 58 a week for one registered domain, above
+        // the 50 a week limit: only the renewal exemption keeps them all valid.
+        let start = UnixMillis(1_700_000_000_000);
+        let mut h = Harness::new(2, start, 6 * DAY_MS);
+        let names: Vec<String> = (0..25).map(|i| format!("n{i}.example.com")).collect();
+        h.add(&names.iter().map(String::as_str).collect::<Vec<_>>());
+        for day in 1..=30 {
+            h.run_until(start.plus_ms(day * DAY_MS));
+            for (id, record) in h.records() {
+                assert!(
+                    record.current.as_ref().is_some_and(|c| c.not_after > h.now),
+                    "{id} expired on day {day}"
+                );
+            }
+        }
     }
 }

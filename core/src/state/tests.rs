@@ -1181,3 +1181,156 @@ fn invalid_order_steps_are_rejected_naming_the_value() {
     };
     assert_invalid(&mut state, op, "ARI window");
 }
+
+#[test]
+fn renewals_are_exempt_from_the_per_domain_budget_but_not_the_per_set_one() {
+    let mut state = with_cert();
+    let policy = Policy {
+        certs_per_domain: crate::budget::Rate {
+            count: 1,
+            period_ms: 7 * DAY_MS,
+        },
+        ..Policy::default()
+    };
+    ok(&mut state, T0, Op::SetPolicy { policy });
+    let cert = "www.example.com";
+    let cycle = |state: &mut State, n: u64| {
+        let s = step(cert, n, 1);
+        ok(
+            state,
+            T0,
+            Op::BeginOrder {
+                cert: id(cert),
+                cycle: Cycle(n),
+                term: Term(1),
+                reason: RenewalReason::Scheduled,
+            },
+        );
+        ok(
+            state,
+            T0,
+            Op::OrderCreated {
+                step: s.clone(),
+                order_url: "https://ca.test/o".into(),
+                authorizations: vec!["https://ca.test/a".into()],
+            },
+        );
+        ok(
+            state,
+            T0,
+            Op::ChallengesPublished {
+                step: s.clone(),
+                challenges: vec![],
+            },
+        );
+        ok(
+            state,
+            T0,
+            Op::KeyPrepared {
+                step: s.clone(),
+                key: sealed(1),
+            },
+        );
+        ok(state, T0, Op::Finalized { step: s.clone() });
+        ok(state, T0, issued(cert, n, 1, T0, 6 * DAY_MS));
+    };
+    cycle(&mut state, 1);
+    // The domain's one unit is spent, yet the renewal (same identifier set) may start.
+    cycle(&mut state, 2);
+    // A new name under the same domain is not a renewal: the domain budget applies.
+    ok(
+        &mut state,
+        T0,
+        Op::PutCert {
+            spec: spec(&["new.example.com"]),
+            seed: 3,
+        },
+    );
+    let op = Op::BeginOrder {
+        cert: id("new.example.com"),
+        cycle: Cycle(1),
+        term: Term(1),
+        reason: RenewalReason::Initial,
+    };
+    assert!(matches!(
+        rejected(&mut state, T0, op),
+        Rejection::BudgetExhausted {
+            key: BudgetKey::CertsPerDomain { .. },
+            ..
+        }
+    ));
+    // Changing the identifiers of an issued certificate makes its next issuance count again.
+    let mut shop = spec(&["shop.example.net"]);
+    shop.label = Some("shop".into());
+    ok(
+        &mut state,
+        T0,
+        Op::PutCert {
+            spec: shop.clone(),
+            seed: 4,
+        },
+    );
+    let s = step("shop", 1, 1);
+    ok(
+        &mut state,
+        T0,
+        Op::BeginOrder {
+            cert: id("shop"),
+            cycle: Cycle(1),
+            term: Term(1),
+            reason: RenewalReason::Initial,
+        },
+    );
+    ok(
+        &mut state,
+        T0,
+        Op::OrderCreated {
+            step: s.clone(),
+            order_url: "https://ca.test/o".into(),
+            authorizations: vec!["https://ca.test/a".into()],
+        },
+    );
+    ok(
+        &mut state,
+        T0,
+        Op::ChallengesPublished {
+            step: s.clone(),
+            challenges: vec![],
+        },
+    );
+    ok(
+        &mut state,
+        T0,
+        Op::KeyPrepared {
+            step: s.clone(),
+            key: sealed(1),
+        },
+    );
+    ok(&mut state, T0, Op::Finalized { step: s.clone() });
+    ok(&mut state, T0, issued("shop", 1, 1, T0, 6 * DAY_MS));
+    let mut wider = shop.clone();
+    wider
+        .identifiers
+        .push(crate::name::Identifier::parse("www.shop.example.net").unwrap());
+    wider.identifiers.sort();
+    ok(
+        &mut state,
+        T0,
+        Op::PutCert {
+            spec: wider,
+            seed: 5,
+        },
+    );
+    assert!(state.cert(&id("shop")).unwrap().identifiers_changed);
+    let op = Op::BeginOrder {
+        cert: id("shop"),
+        cycle: Cycle(2),
+        term: Term(1),
+        reason: RenewalReason::SpecChanged,
+    };
+    let err = rejected(&mut state, T0, op);
+    assert!(
+        matches!(&err, Rejection::BudgetExhausted { key: BudgetKey::CertsPerDomain { domain, .. }, .. } if domain == "example.net"),
+        "{err}"
+    );
+}
