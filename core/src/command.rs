@@ -119,6 +119,7 @@ pub enum Op {
         /// Fencing.
         step: StepRef,
         /// Leaf certificate, DER.
+        #[serde(with = "serde_bytes")]
         leaf_der: Vec<u8>,
         /// Intermediates, DER, leaf-most first.
         chain_der: Vec<Vec<u8>>,

@@ -31,10 +31,11 @@ pub struct Term(pub u64);
 pub struct Cycle(pub u64);
 
 impl Cycle {
-    /// The cycle after this one.
+    /// The cycle after this one (saturating: a snapshot may carry any value, and `apply` must
+    /// stay total).
     #[must_use]
     pub const fn next(self) -> Self {
-        Self(self.0 + 1)
+        Self(self.0.saturating_add(1))
     }
 }
 
@@ -136,7 +137,7 @@ pub struct CertRequest {
 /// mistake (DESIGN §4, SIMULATION I10). Layout: `"cfs1" | key id (4) | nonce (12) | ciphertext |
 /// tag (16)`.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SealedBlob(Vec<u8>);
+pub struct SealedBlob(#[serde(with = "serde_bytes")] Vec<u8>);
 
 /// An ACME account, one per issuer for the whole cluster.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -163,6 +164,7 @@ pub struct IssuedCert {
     /// The cycle that issued it.
     pub cycle: Cycle,
     /// The leaf certificate, DER.
+    #[serde(with = "serde_bytes")]
     pub leaf_der: Vec<u8>,
     /// The intermediates, interned in the state (many leaves share one chain).
     pub chain: ChainId,
@@ -554,6 +556,11 @@ impl CertId {
     #[must_use]
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+
+    /// The smallest id in sort order (a range bound; not a valid certificate id).
+    pub(crate) const fn min() -> Self {
+        Self(String::new())
     }
 }
 

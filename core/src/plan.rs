@@ -346,6 +346,40 @@ mod tests {
     }
 
     #[test]
+    fn the_next_wake_up_is_found_without_walking_the_certificates_already_due() {
+        // 2,000 certificates due now and one due later: the wake-up is the later one, and
+        // finding it must not depend on how many are due (the scan cap bounds the rest).
+        let mut specs = names(2_000, "example.com");
+        specs.push(spec(&["later.example.org"]));
+        let mut state = state_with(
+            &specs[..2_000],
+            Policy {
+                scan_per_tick_max: 10,
+                ..Policy::default()
+            },
+        );
+        let later = T0.plus_ms(DAY_MS);
+        let op = Op::PutCert {
+            spec: specs[2_000].clone(),
+            seed: 1,
+        };
+        assert!(
+            apply(&mut state, &Command { at: later, op })
+                .0
+                .is_accepted()
+        );
+        assert_eq!(state.due_after(later.minus_ms(1)), Some(later));
+        assert_eq!(state.due_after(later), None);
+        let plan = plan(&state, later.minus_ms(1), Term(1));
+        assert_eq!(plan.scanned, 10);
+        assert_eq!(
+            plan.wake_at,
+            Some(later.minus_ms(1)),
+            "more is due now: tick again at once"
+        );
+    }
+
+    #[test]
     fn new_certificates_get_a_new_order_at_once() {
         let state = state_with(&names(2, "example.com"), Policy::default());
         let plan = plan(&state, T0, Term(1));

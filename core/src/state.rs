@@ -5,6 +5,7 @@
 //! state exactly as it was (SIMULATION I2, I5). Committed time is clamped: the state clock is
 //! the maximum `at` ever accepted (I12).
 
+use alloc::boxed::Box;
 use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
@@ -61,8 +62,8 @@ pub struct CertRecord {
     pub added_at: UnixMillis,
     /// The last cycle begun (0: never).
     pub cycle: Cycle,
-    /// The open cycle, if an order is in progress.
-    pub open: Option<OpenCycle>,
+    /// The open cycle, if an order is in progress (boxed: most records have none).
+    pub open: Option<Box<OpenCycle>>,
     /// The certificate being served.
     pub current: Option<IssuedCert>,
     /// The spec changed since `current` was issued: renew now.
@@ -75,12 +76,12 @@ pub struct CertRecord {
     pub failures: u32,
     /// Not before this instant (backoff or the CA's `Retry-After`).
     pub retry_at: Option<UnixMillis>,
-    /// The last failure, for operators.
-    pub last_failure: Option<Failure>,
+    /// The last failure, for operators (boxed: rare).
+    pub last_failure: Option<Box<Failure>>,
     /// A budget blocks this certificate until then.
     pub deferred_until: Option<UnixMillis>,
-    /// ARI state for the current certificate.
-    pub ari: Option<AriState>,
+    /// ARI state for the current certificate (boxed: only with CAs offering ARI).
+    pub ari: Option<Box<AriState>>,
     // The due-index key this record is filed under (derived).
     #[serde(skip)]
     pub(crate) indexed_at: Option<UnixMillis>,
@@ -198,7 +199,7 @@ impl State {
     pub fn open_cycles(&self) -> impl Iterator<Item = (&CertId, &OpenCycle)> {
         self.open
             .iter()
-            .filter_map(|id| Some((id, self.certs.get(id)?.open.as_ref()?)))
+            .filter_map(|id| Some((id, self.certs.get(id)?.open.as_deref()?)))
     }
 
     /// Number of open cycles.
@@ -220,7 +221,10 @@ impl State {
 
     /// The first due-index entry after `now`.
     pub(crate) fn due_after(&self, now: UnixMillis) -> Option<UnixMillis> {
-        self.due.iter().find(|(at, _)| *at > now).map(|(at, _)| *at)
+        // Every key at or before `now` sorts below (now + 1, ""): a range query, O(log n),
+        // whatever the number of certificates already due (SIMULATION I13).
+        let after = (now.plus_ms(1), CertId::min());
+        self.due.range(after..).next().map(|(at, _)| *at)
     }
 
     /// SHA-256 over the canonical encoding of the replicated state (the snapshot records):
@@ -464,13 +468,13 @@ impl State {
         let record = self.certs.get_mut(cert).expect("checked above");
         record.cycle = cycle;
         record.deferred_until = None;
-        record.open = Some(OpenCycle {
+        record.open = Some(Box::new(OpenCycle {
             cycle,
             term,
             begun_at: now,
             reason,
             step: OrderStep::Begun,
-        });
+        }));
         self.open.insert(cert.clone());
         self.reindex(cert);
         Ok(())
@@ -640,7 +644,7 @@ impl State {
                     now,
                     failure.retry_at,
                 ));
-                record.last_failure = Some(failure.clone());
+                record.last_failure = Some(Box::new(failure.clone()));
                 if failure.account_wide
                     && failure.class == FailureClass::RateLimited
                     && let (Some(until), Some(account)) =
@@ -701,12 +705,12 @@ impl State {
             .plus_ms(interval_ms)
             .max(retry_at.unwrap_or(UnixMillis::ZERO));
         let window = window.or(previous.and_then(|p| p.window));
-        record.ari = Some(AriState {
+        record.ari = Some(Box::new(AriState {
             cycle,
             window,
             chosen_at,
             next_poll_at,
-        });
+        }));
         self.reindex(cert);
         Ok(())
     }
