@@ -223,8 +223,14 @@ impl State {
     pub(crate) fn due_after(&self, now: UnixMillis) -> Option<UnixMillis> {
         // Every key at or before `now` sorts below (now + 1, ""): a range query, O(log n),
         // whatever the number of certificates already due (SIMULATION I13).
-        let after = (now.plus_ms(1), CertId::min());
-        self.due.range(after..).next().map(|(at, _)| *at)
+        match self.due.first() {
+            Some((at, _)) if *at > now => Some(*at), // nothing due: the common tick
+            None => None,
+            Some(_) => {
+                let after = (now.plus_ms(1), CertId::min());
+                self.due.range(after..).next().map(|(at, _)| *at)
+            }
+        }
     }
 
     /// SHA-256 over the canonical encoding of the replicated state (the snapshot records):
