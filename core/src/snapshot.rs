@@ -308,6 +308,13 @@ impl SnapshotReader {
                 frames: self.frames,
             });
         }
+        // A partial frame after the footer (a whole one is refused as it arrives).
+        if !self.buf.is_empty() {
+            return Err(SnapshotError::Structure {
+                index: self.frames,
+                reason: "bytes after the footer",
+            });
+        }
         Ok(self.state)
     }
 
@@ -680,6 +687,24 @@ mod tests {
             SnapshotReader::read_all(&bytes),
             Err(SnapshotError::Structure { .. })
         ));
+    }
+
+    #[test]
+    fn a_partial_frame_after_the_footer_is_refused() {
+        // Found by fuzzing: a whole trailing frame was refused, three stray bytes were not.
+        let mut bytes = SnapshotWriter::to_vec(&State::new());
+        bytes.extend_from_slice(&[1, 0, 0]);
+        let err = SnapshotReader::read_all(&bytes).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                SnapshotError::Structure {
+                    reason: "bytes after the footer",
+                    ..
+                }
+            ),
+            "{err}"
+        );
     }
 
     #[test]
