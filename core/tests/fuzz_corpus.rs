@@ -6,7 +6,10 @@
 //! The oracles are not copied: `fuzz/src/checks.rs` is compiled into this test as a module, so
 //! the fuzz targets and this test can never check different things.
 
-#![allow(clippy::disallowed_methods, reason = "the replay test reads the committed corpus files")]
+#![allow(
+    clippy::disallowed_methods,
+    reason = "the replay test reads the committed corpus files"
+)]
 
 use std::panic::{self, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
