@@ -267,14 +267,21 @@ pub fn schedule(cert: &CertId, record: &CertRecord, policy: &Policy) -> Option<S
 }
 
 /// The instant after the `failures`-th consecutive failure at `now` before which the
-/// certificate is not retried: the backoff step plus up to 10% jitter, or the CA's
-/// `Retry-After` if later (SIMULATION I9).
+/// certificate is not retried: the backoff step (1 min, 10 min, 100 min, then daily) plus up to
+/// 10% jitter, but never more than a quarter of the validity the served certificate has left
+/// (`not_after`), and never before the CA's `Retry-After` (SIMULATION I9).
+///
+/// The cap keeps the backoff far below the renewal margin (SIMULATION I6): a short CA outage
+/// that fails a few cycles in a row must not park a 6-day certificate, renewing with 3 days
+/// left, for a whole day at a time. As expiry nears retries get denser, still within the rate
+/// budgets, which `apply` enforces on every order.
 #[must_use]
 pub fn retry_at(
     cert: &CertId,
     seed: u64,
     failures: u32,
     now: UnixMillis,
+    not_after: Option<UnixMillis>,
     ca_retry_at: Option<UnixMillis>,
 ) -> UnixMillis {
     let step = (failures.clamp(1, 4) - 1) as usize;
@@ -285,7 +292,8 @@ pub fn retry_at(
         u64::from(failures),
         base_ms / 10 + 1,
     );
-    now.plus_ms(base_ms + jitter_ms)
+    let cap_ms = not_after.map_or(u64::MAX, |end| (end.ms_since(now) / 4).max(MINUTE_MS));
+    now.plus_ms((base_ms + jitter_ms).min(cap_ms))
         .max(ca_retry_at.unwrap_or(UnixMillis::ZERO))
 }
 
@@ -623,17 +631,36 @@ mod tests {
             (4, DAY_MS),
             (9, DAY_MS),
         ] {
-            let at = retry_at(&cert, 42, failures, T0, None);
+            let at = retry_at(&cert, 42, failures, T0, None, None);
             assert!(
                 at >= T0.plus_ms(base_ms) && at <= T0.plus_ms(base_ms + base_ms / 10),
                 "failure {failures}"
             );
         }
         assert_eq!(
-            retry_at(&cert, 42, 1, T0, Some(T0.plus_ms(DAY_MS))),
+            retry_at(&cert, 42, 1, T0, None, Some(T0.plus_ms(DAY_MS))),
             T0.plus_ms(DAY_MS),
             "Retry-After wins when later"
         );
+    }
+
+    #[test]
+    fn backoff_never_exceeds_a_quarter_of_the_remaining_validity() {
+        let cert = CertId::parse("a.example.com").unwrap();
+        // A 6-day certificate failing its renewal with 3 days left: daily would waste a third
+        // of the margin per try; the cap is 18 h, and it shrinks as expiry nears.
+        let at = retry_at(&cert, 1, 5, T0, Some(T0.plus_ms(3 * DAY_MS)), None);
+        assert_eq!(at, T0.plus_ms(18 * HOUR_MS));
+        let at = retry_at(&cert, 1, 5, T0, Some(T0.plus_ms(HOUR_MS)), None);
+        assert_eq!(at, T0.plus_ms(15 * MINUTE_MS));
+        let at = retry_at(&cert, 1, 5, T0, Some(T0.plus_ms(MINUTE_MS)), None);
+        assert_eq!(at, T0.plus_ms(MINUTE_MS), "never denser than once a minute");
+        let late = T0.plus_ms(2 * DAY_MS);
+        let at = retry_at(&cert, 1, 5, T0, Some(T0.plus_ms(HOUR_MS)), Some(late));
+        assert_eq!(at, late, "the CA's Retry-After still wins");
+        // Long lifetimes keep the specified schedule.
+        let at = retry_at(&cert, 1, 4, T0, Some(T0.plus_ms(30 * DAY_MS)), None);
+        assert!(at >= T0.plus_ms(DAY_MS));
     }
 
     #[test]

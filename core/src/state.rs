@@ -643,11 +643,13 @@ impl State {
                 }
                 let record = self.certs.get_mut(cert).expect("fenced");
                 record.failures = record.failures.saturating_add(1);
+                let not_after = record.current.as_ref().map(|c| c.not_after);
                 record.retry_at = Some(retry_at(
                     cert,
                     record.seed ^ seed,
                     record.failures,
                     now,
+                    not_after,
                     failure.retry_at,
                 ));
                 record.last_failure = Some(Box::new(failure.clone()));

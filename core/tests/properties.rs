@@ -18,6 +18,15 @@ use certfleet_core::{
 use proptest::prelude::*;
 use proptest::strategy::ValueTree;
 
+/// Cases per property: the default, or `PROPTEST_CASES` for a soak.
+fn cases(default: u32) -> u32 {
+    #[allow(clippy::disallowed_methods, reason = "a soak sets PROPTEST_CASES")]
+    let from_env = std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok());
+    from_env.unwrap_or(default)
+}
+
 const T0: UnixMillis = UnixMillis(1_700_000_000_000);
 const NAMES: [&str; 4] = [
     "a.example.com",
@@ -266,7 +275,7 @@ fn check_structure(state: &State) {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig::with_cases(cases(256)))]
 
     /// SIMULATION I4: same log, same state.
     #[test]
@@ -375,10 +384,12 @@ proptest! {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig::with_cases(cases(24)))]
 
-    /// With budgets allowing it, every certificate is always served unexpired, across many
-    /// renewals and transient CA failures (SIMULATION I6).
+    /// With budgets allowing it, every certificate is issued once a burst of CA faults has
+    /// passed, and from then on is always served unexpired, across many renewals
+    /// (SIMULATION I6). The fault burst (up to 20 refused calls and 2 invalid authorizations)
+    /// can fail several cycles in a row, which is what drives the backoff to its cap.
     #[test]
     fn renewal_always_happens_before_expiry_when_budgets_allow(
         seed in any::<u64>(),
@@ -392,15 +403,21 @@ proptest! {
         h.ca.faults.invalid_authz = invalid;
         let names: Vec<String> = (0..count).map(|i| format!("n{i}.d{}.example", i % 7)).collect();
         h.add(&names.iter().map(String::as_str).collect::<Vec<_>>());
+        // First issuance: within the backoff schedule (1 min, 10 min, 100 min, then daily).
+        let served = |h: &Harness| h.records().all(|(_, r)| r.current.as_ref().is_some_and(|c| c.not_after > h.now));
+        let deadline = T0.plus_ms(5 * DAY_MS);
+        while !served(&h) {
+            prop_assert!(h.now < deadline, "not every certificate was issued within 5 days: {:?}", h.stats);
+            let until = h.now.plus_ms(HOUR_MS);
+            h.run_until(until);
+        }
         let step_ms = lifetime_days * DAY_MS / 10;
-        // Give the first issuance (and its possible backoffs) a day, then check continuously.
-        h.run_until(T0.plus_ms(DAY_MS));
         for _ in 0..30 {
             let until = h.now.plus_ms(step_ms);
             h.run_until(until);
             for (id, record) in h.records() {
                 let current = record.current.as_ref();
-                prop_assert!(current.is_some_and(|c| c.not_after > h.now), "{} unserved or expired at {}", id, h.now);
+                prop_assert!(current.is_some_and(|c| c.not_after > h.now), "{} expired at {}", id, h.now);
             }
         }
         prop_assert_eq!(h.stats.rejected, 0);
@@ -408,6 +425,26 @@ proptest! {
             let issued = h.ca.issued_per_set.get(set).copied().unwrap_or(0);
             prop_assert!(*orders <= issued + u64::from(invalid) + u64::from(unavailable), "{}: {} orders for {} certificates", set, orders, issued);
         }
+    }
+
+    /// A CA that fails a renewal several times in a row still gets the certificate renewed
+    /// before it expires: the backoff is capped by the remaining validity.
+    #[test]
+    fn a_failing_renewal_is_retried_densely_enough_to_beat_expiry(
+        seed in any::<u64>(),
+        failed_cycles in 4u32..8,
+    ) {
+        let mut h = Harness::new(seed, T0, 6 * DAY_MS);
+        h.add(&["a.example.com"]);
+        h.run_until(T0.plus_ms(HOUR_MS));
+        let first = h.records().next().unwrap().1.current.clone().unwrap();
+        // Every renewal cycle now fails (4 refused calls fail one cycle), for `failed_cycles`.
+        h.ca.faults.unavailable = failed_cycles * (certfleet_core::order::CA_RETRIES_MAX + 1);
+        h.run_until(first.not_after.minus_ms(1));
+        let record = h.records().next().unwrap().1;
+        let current = record.current.as_ref().unwrap();
+        prop_assert!(current.cycle > first.cycle, "still on the first certificate, {} failures", record.failures);
+        prop_assert!(current.not_after > h.now);
     }
 }
 
