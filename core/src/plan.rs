@@ -121,37 +121,41 @@ pub fn plan(state: &State, now: UnixMillis, term: Term) -> Plan {
     }
     let mut slots = (policy.orders_in_flight_max as usize).saturating_sub(state.open_count());
     let mut overlay: BTreeMap<BudgetKey, UnixMillis> = BTreeMap::new();
-    let mut blocked: BTreeMap<&IssuerId, UnixMillis> = BTreeMap::new();
+    // Certificates of each issuer deferred behind its order budget in this tick, in due order.
+    let mut queued: BTreeMap<&IssuerId, u64> = BTreeMap::new();
     let mut emitted = 0u32;
     for (_, cert) in state.due_until(now) {
         if out.scanned >= policy.scan_per_tick_max || emitted >= policy.intents_per_tick_max {
             out.wake_at = Some(now); // more is due: tick again at once
             break;
         }
-        out.scanned += 1;
         let record = state
             .cert(cert)
             .expect("the due index holds only managed certificates");
         let sched = schedule(cert, record, policy)
             .expect("the due index holds only certificates without an open cycle");
+        if sched.renew_at <= now && slots == 0 {
+            // Every in-flight slot is taken: nothing more can start until a cycle closes, and
+            // that is a commit, after which the leader plans again. Not a reason to spin.
+            break;
+        }
+        out.scanned += 1;
         if sched.renew_at <= now {
-            if slots == 0 {
-                continue;
-            }
             let issuer = &record.spec.issuer;
-            if blocked.contains_key(issuer) {
-                continue;
-            }
-            let throttled = state
+            let throttled_until = state
                 .account(issuer)
                 .and_then(|a| a.throttled_until)
                 .filter(|until| *until > now);
-            if let Some(until) = throttled {
-                blocked.insert(issuer, until);
-                out.wake_at = Some(out.wake_at.map_or(until, |w| w.min(until)));
-                continue;
-            }
-            match admit(state.budgets(), policy, record, now, Some(&overlay)) {
+            let admitted = match throttled_until {
+                Some(until) => Err((
+                    BudgetKey::NewOrders {
+                        issuer: issuer.clone(),
+                    },
+                    until,
+                )),
+                None => admit(state.budgets(), policy, record, now, Some(&overlay)),
+            };
+            match admitted {
                 Ok(()) => {
                     for (key, rate) in reservations(policy, record) {
                         let arrival = overlay
@@ -166,22 +170,29 @@ pub fn plan(state: &State, now: UnixMillis, term: Term) -> Plan {
                         reason: sched.reason,
                     });
                     slots -= 1;
-                    emitted += 1;
                 }
-                // The account's order budget gates every certificate of the issuer: stop
-                // looking at them this tick; the bulk import drains at the refill rate.
+                // The account's order budget (or the CA's account-wide Retry-After) gates every
+                // certificate of the issuer. Each waiting certificate is deferred to the slot it
+                // would get in due order, one refill interval apart, so a bulk import is spread
+                // over time by the due index itself and later ticks see only what may start.
                 Err((BudgetKey::NewOrders { .. }, until)) => {
-                    blocked.insert(issuer, until);
-                    out.wake_at = Some(out.wake_at.map_or(until, |w| w.min(until)));
+                    let position = queued.entry(issuer).or_default();
+                    let slot =
+                        until.plus_ms(position.saturating_mul(policy.new_orders.interval_ms()));
+                    *position += 1;
+                    out.intents.push(Intent::Defer {
+                        cert: cert.clone(),
+                        until: slot,
+                    });
                 }
                 Err((_, until)) => {
                     out.intents.push(Intent::Defer {
                         cert: cert.clone(),
                         until,
                     });
-                    emitted += 1;
                 }
             }
+            emitted += 1;
         } else if let (Some(poll_at), Some(current)) = (sched.ari_poll_at, &record.current)
             && poll_at <= now
             && let Some(ari_id) = &current.ari_id
@@ -503,6 +514,44 @@ mod tests {
         );
     }
 
+    /// Commits what a leader would: new orders as `BeginOrder`, deferrals in one batch.
+    fn commit_plan(state: &mut State, plan: &Plan, now: UnixMillis) {
+        let mut deferred = Vec::new();
+        for intent in &plan.intents {
+            match intent {
+                Intent::NewOrder {
+                    cert,
+                    cycle,
+                    reason,
+                } => {
+                    let op = Op::BeginOrder {
+                        cert: cert.clone(),
+                        cycle: *cycle,
+                        term: Term(1),
+                        reason: *reason,
+                    };
+                    assert!(
+                        apply(state, &Command { at: now, op }).0.is_accepted(),
+                        "apply agrees with the planner"
+                    );
+                }
+                Intent::Defer { cert, until } => deferred.push((cert.clone(), *until)),
+                _ => {}
+            }
+        }
+        if !deferred.is_empty() {
+            let op = Op::CertsDeferred { items: deferred };
+            assert!(apply(state, &Command { at: now, op }).0.is_accepted());
+        }
+    }
+
+    fn new_orders(plan: &Plan) -> usize {
+        plan.intents
+            .iter()
+            .filter(|i| matches!(i, Intent::NewOrder { .. }))
+            .count()
+    }
+
     #[test]
     fn a_bulk_import_is_paced_by_the_new_order_budget() {
         // 500 new certificates across 50 domains; the account allows 300 orders, then 1 per 36 s.
@@ -515,51 +564,95 @@ mod tests {
         };
         let mut state = state_with(&specs, policy);
         let first = plan(&state, T0, Term(1));
-        let orders: Vec<&Intent> = first
+        assert_eq!(new_orders(&first), 300);
+        // The other 200 wait for their slots, one refill interval apart, in due order.
+        let slots: Vec<UnixMillis> = first
             .intents
             .iter()
-            .filter(|i| matches!(i, Intent::NewOrder { .. }))
+            .filter_map(|i| {
+                if let Intent::Defer { until, .. } = i {
+                    Some(*until)
+                } else {
+                    None
+                }
+            })
             .collect();
-        assert_eq!(orders.len(), 300);
-        assert_eq!(
-            first.wake_at,
-            Some(T0.plus_ms(36_000)),
-            "wakes when one more order fits"
-        );
-        for intent in &first.intents {
-            if let Intent::NewOrder {
-                cert,
-                cycle,
-                reason,
-            } = intent
-            {
-                let op = Op::BeginOrder {
-                    cert: cert.clone(),
-                    cycle: *cycle,
-                    term: Term(1),
-                    reason: *reason,
-                };
-                assert!(
-                    apply(&mut state, &Command { at: T0, op }).0.is_accepted(),
-                    "apply agrees with the planner"
-                );
-            }
-        }
+        let expected: Vec<UnixMillis> = (0..200).map(|k| T0.plus_ms(36_000 * (k + 1))).collect();
+        assert_eq!(slots, expected);
+        commit_plan(&mut state, &first, T0);
+        let idle = plan(&state, T0.plus_ms(35_999), Term(1));
         assert!(
-            plan(&state, T0.plus_ms(35_999), Term(1))
-                .intents
+            idle.intents
                 .iter()
                 .all(|i| matches!(i, Intent::Drive { .. }))
         );
-        let later = plan(&state, T0.plus_ms(36_000), Term(1));
         assert_eq!(
-            later
-                .intents
-                .iter()
-                .filter(|i| matches!(i, Intent::NewOrder { .. }))
-                .count(),
-            1
+            idle.wake_at,
+            Some(T0.plus_ms(36_000)),
+            "wakes at the first slot"
         );
+        assert_eq!(new_orders(&plan(&state, T0.plus_ms(36_000), Term(1))), 1);
+    }
+
+    #[test]
+    fn a_huge_import_never_makes_the_leader_spin() {
+        // 20,000 certificates at once: far beyond the scan and intent limits of one tick. At any
+        // instant the leader must settle after a bounded number of ticks, each committing
+        // progress, and then sleep until a later instant (SIMULATION I13).
+        let specs: Vec<CertSpec> = (0..20_000)
+            .map(|i| spec(&[format!("n{i}.d{}.example", i / 40).as_str()]))
+            .collect();
+        let policy = Policy {
+            orders_in_flight_max: 100_000,
+            ..Policy::default()
+        };
+        let mut state = state_with(&specs, policy);
+        let mut now = T0;
+        let mut started = 0;
+        for _instant in 0..400 {
+            let mut ticks = 0;
+            let wake_at = loop {
+                let plan = plan(&state, now, Term(1));
+                assert!(plan.scanned <= state.policy().scan_per_tick_max);
+                if plan
+                    .intents
+                    .iter()
+                    .all(|i| matches!(i, Intent::Drive { .. }))
+                {
+                    assert_ne!(
+                        plan.wake_at,
+                        Some(now),
+                        "asked to tick again with nothing to do"
+                    );
+                    break plan.wake_at;
+                }
+                started += new_orders(&plan);
+                commit_plan(&mut state, &plan, now);
+                ticks += 1;
+                assert!(ticks <= 25, "the leader does not settle at {now}");
+            };
+            let Some(next) = wake_at else { break };
+            now = next;
+        }
+        // 300 at once, then one per 36 s for the 399 following wake-ups.
+        assert_eq!(started, 300 + 399);
+        assert_eq!(state.open_count(), started);
+    }
+
+    #[test]
+    fn a_full_in_flight_window_ends_the_tick_without_asking_to_spin() {
+        let policy = Policy {
+            orders_in_flight_max: 2,
+            scan_per_tick_max: 3,
+            ..Policy::default()
+        };
+        let mut state = state_with(&names(20, "example.com"), policy);
+        let first = plan(&state, T0, Term(1));
+        assert_eq!(new_orders(&first), 2);
+        commit_plan(&mut state, &first, T0);
+        let full = plan(&state, T0, Term(1));
+        assert_eq!(full.scanned, 0);
+        assert_ne!(full.wake_at, Some(T0));
     }
 
     #[test]
@@ -587,24 +680,34 @@ mod tests {
         let issuer = IssuerId::parse(crate::testing::ISSUER).unwrap();
         let mut throttled = account();
         throttled.throttled_until = Some(T0.plus_ms(HOUR_MS));
-        assert!(
-            apply(
-                &mut state,
-                &Command {
-                    at: T0,
-                    op: Op::SetAccount {
-                        issuer,
-                        account: throttled
-                    }
-                }
-            )
-            .0
-            .is_accepted()
-        );
+        let op = Op::SetAccount {
+            issuer,
+            account: throttled,
+        };
+        assert!(apply(&mut state, &Command { at: T0, op }).0.is_accepted());
         let plan_now = plan(&state, T0, Term(1));
-        assert!(plan_now.intents.is_empty());
-        assert_eq!(plan_now.wake_at, Some(T0.plus_ms(HOUR_MS)));
-        assert_eq!(plan(&state, T0.plus_ms(HOUR_MS), Term(1)).intents.len(), 2);
+        assert_eq!(new_orders(&plan_now), 0);
+        // Both wait for the Retry-After, then resume one refill interval apart.
+        let until: Vec<UnixMillis> = plan_now
+            .intents
+            .iter()
+            .filter_map(|i| {
+                if let Intent::Defer { until, .. } = i {
+                    Some(*until)
+                } else {
+                    None
+                }
+            })
+            .collect();
+        assert_eq!(
+            until,
+            vec![T0.plus_ms(HOUR_MS), T0.plus_ms(HOUR_MS + 36_000)]
+        );
+        assert_eq!(
+            new_orders(&plan(&state, T0.plus_ms(HOUR_MS), Term(1))),
+            2,
+            "uncommitted deferrals change nothing"
+        );
     }
 
     #[test]
