@@ -344,9 +344,10 @@ impl Policy {
         bounded(
             "ari_poll_interval_ms",
             self.ari_poll_interval_ms,
-            HOUR_MS,
+            // At most twice a day per certificate, whatever the operator sets.
+            12 * HOUR_MS,
             30 * DAY_MS,
-            "must be between 1 hour and 30 days",
+            "must be between 12 hours and 30 days",
         )?;
         bounded(
             "short_lifetime_ms",
@@ -855,6 +856,11 @@ mod tests {
             ..Policy::default()
         };
         assert_eq!(policy.check().unwrap_err().field, "emergency_permille");
+        let policy = Policy {
+            ari_poll_interval_ms: HOUR_MS,
+            ..Policy::default()
+        };
+        assert_eq!(policy.check().unwrap_err().field, "ari_poll_interval_ms");
         let policy = Policy {
             orders_in_flight_max: 0,
             ..Policy::default()
