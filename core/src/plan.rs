@@ -545,6 +545,15 @@ mod tests {
         }
     }
 
+    /// The instants a plan defers certificates to, in plan order.
+    fn deferrals(plan: &Plan) -> Vec<UnixMillis> {
+        let until = |i: &Intent| match i {
+            Intent::Defer { until, .. } => Some(*until),
+            _ => None,
+        };
+        plan.intents.iter().filter_map(until).collect()
+    }
+
     fn new_orders(plan: &Plan) -> usize {
         plan.intents
             .iter()
@@ -566,17 +575,7 @@ mod tests {
         let first = plan(&state, T0, Term(1));
         assert_eq!(new_orders(&first), 300);
         // The other 200 wait for their slots, one refill interval apart, in due order.
-        let slots: Vec<UnixMillis> = first
-            .intents
-            .iter()
-            .filter_map(|i| {
-                if let Intent::Defer { until, .. } = i {
-                    Some(*until)
-                } else {
-                    None
-                }
-            })
-            .collect();
+        let slots = deferrals(&first);
         let expected: Vec<UnixMillis> = (0..200).map(|k| T0.plus_ms(36_000 * (k + 1))).collect();
         assert_eq!(slots, expected);
         commit_plan(&mut state, &first, T0);
@@ -688,17 +687,7 @@ mod tests {
         let plan_now = plan(&state, T0, Term(1));
         assert_eq!(new_orders(&plan_now), 0);
         // Both wait for the Retry-After, then resume one refill interval apart.
-        let until: Vec<UnixMillis> = plan_now
-            .intents
-            .iter()
-            .filter_map(|i| {
-                if let Intent::Defer { until, .. } = i {
-                    Some(*until)
-                } else {
-                    None
-                }
-            })
-            .collect();
+        let until = deferrals(&plan_now);
         assert_eq!(
             until,
             vec![T0.plus_ms(HOUR_MS), T0.plus_ms(HOUR_MS + 36_000)]

@@ -144,6 +144,51 @@ fn at_step(until: StepName) -> State {
     state
 }
 
+/// Runs a whole cycle `n` of `cert` for term 1 at T0, issuing a certificate of `lifetime_ms`.
+fn full_cycle(state: &mut State, cert: &str, n: u64, lifetime_ms: u64) {
+    let s = step(cert, n, 1);
+    let reason = RenewalReason::Scheduled;
+    ok(
+        state,
+        T0,
+        Op::BeginOrder {
+            cert: id(cert),
+            cycle: Cycle(n),
+            term: Term(1),
+            reason,
+        },
+    );
+    let order_url = format!("https://ca.test/o/{cert}/{n}");
+    let authorizations = vec![format!("https://ca.test/a/{cert}/{n}")];
+    ok(
+        state,
+        T0,
+        Op::OrderCreated {
+            step: s.clone(),
+            order_url,
+            authorizations,
+        },
+    );
+    ok(
+        state,
+        T0,
+        Op::ChallengesPublished {
+            step: s.clone(),
+            challenges: vec![],
+        },
+    );
+    ok(
+        state,
+        T0,
+        Op::KeyPrepared {
+            step: s.clone(),
+            key: sealed(1),
+        },
+    );
+    ok(state, T0, Op::Finalized { step: s });
+    ok(state, T0, issued(cert, n, 1, T0, lifetime_ms));
+}
+
 fn issued(cert: &str, cycle: u64, term: u64, not_before: UnixMillis, lifetime_ms: u64) -> Op {
     Op::CertIssued {
         step: step(cert, cycle, term),
@@ -400,45 +445,7 @@ fn chains_are_interned_and_released_with_their_last_leaf() {
             seed: 1,
         },
     );
-    ok(
-        &mut state,
-        T0,
-        Op::BeginOrder {
-            cert: id("api.example.com"),
-            cycle: Cycle(1),
-            term: Term(1),
-            reason: RenewalReason::Initial,
-        },
-    );
-    let s = || step("api.example.com", 1, 1);
-    let order = Op::OrderCreated {
-        step: s(),
-        order_url: "https://acme.test/o/2".into(),
-        authorizations: vec!["https://acme.test/a/2".into()],
-    };
-    ok(&mut state, T0, order);
-    ok(
-        &mut state,
-        T0,
-        Op::ChallengesPublished {
-            step: s(),
-            challenges: vec![],
-        },
-    );
-    ok(
-        &mut state,
-        T0,
-        Op::KeyPrepared {
-            step: s(),
-            key: sealed(6),
-        },
-    );
-    ok(&mut state, T0, Op::Finalized { step: s() });
-    ok(
-        &mut state,
-        T0,
-        issued("api.example.com", 1, 1, T0, 90 * DAY_MS),
-    );
+    full_cycle(&mut state, "api.example.com", 1, 90 * DAY_MS);
     assert_eq!(state.chains.len(), 1, "two leaves, one interned chain");
     assert_eq!(state.chains.values().next().unwrap().refs, 2);
     ok(
@@ -1194,46 +1201,7 @@ fn renewals_are_exempt_from_the_per_domain_budget_but_not_the_per_set_one() {
     };
     ok(&mut state, T0, Op::SetPolicy { policy });
     let cert = "www.example.com";
-    let cycle = |state: &mut State, n: u64| {
-        let s = step(cert, n, 1);
-        ok(
-            state,
-            T0,
-            Op::BeginOrder {
-                cert: id(cert),
-                cycle: Cycle(n),
-                term: Term(1),
-                reason: RenewalReason::Scheduled,
-            },
-        );
-        ok(
-            state,
-            T0,
-            Op::OrderCreated {
-                step: s.clone(),
-                order_url: "https://ca.test/o".into(),
-                authorizations: vec!["https://ca.test/a".into()],
-            },
-        );
-        ok(
-            state,
-            T0,
-            Op::ChallengesPublished {
-                step: s.clone(),
-                challenges: vec![],
-            },
-        );
-        ok(
-            state,
-            T0,
-            Op::KeyPrepared {
-                step: s.clone(),
-                key: sealed(1),
-            },
-        );
-        ok(state, T0, Op::Finalized { step: s.clone() });
-        ok(state, T0, issued(cert, n, 1, T0, 6 * DAY_MS));
-    };
+    let cycle = |state: &mut State, n: u64| full_cycle(state, cert, n, 6 * DAY_MS);
     cycle(&mut state, 1);
     // The domain's one unit is spent, yet the renewal (same identifier set) may start.
     cycle(&mut state, 2);
@@ -1270,44 +1238,7 @@ fn renewals_are_exempt_from_the_per_domain_budget_but_not_the_per_set_one() {
             seed: 4,
         },
     );
-    let s = step("shop", 1, 1);
-    ok(
-        &mut state,
-        T0,
-        Op::BeginOrder {
-            cert: id("shop"),
-            cycle: Cycle(1),
-            term: Term(1),
-            reason: RenewalReason::Initial,
-        },
-    );
-    ok(
-        &mut state,
-        T0,
-        Op::OrderCreated {
-            step: s.clone(),
-            order_url: "https://ca.test/o".into(),
-            authorizations: vec!["https://ca.test/a".into()],
-        },
-    );
-    ok(
-        &mut state,
-        T0,
-        Op::ChallengesPublished {
-            step: s.clone(),
-            challenges: vec![],
-        },
-    );
-    ok(
-        &mut state,
-        T0,
-        Op::KeyPrepared {
-            step: s.clone(),
-            key: sealed(1),
-        },
-    );
-    ok(&mut state, T0, Op::Finalized { step: s.clone() });
-    ok(&mut state, T0, issued("shop", 1, 1, T0, 6 * DAY_MS));
+    full_cycle(&mut state, "shop", 1, 6 * DAY_MS);
     let mut wider = shop.clone();
     wider
         .identifiers
