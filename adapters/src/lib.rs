@@ -6,3 +6,4 @@
 //! cluster demo are issue #5. Nothing here pretends to be those.
 
 pub mod demo;
+pub mod raft;

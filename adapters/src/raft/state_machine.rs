@@ -1,0 +1,243 @@
+//! The Raft state machine: `certfleet_core::State` behind openraft's `RaftStateMachine`.
+//!
+//! Every entry gets an answer (openraft's contract): normal entries go through
+//! `certfleet_core::apply`, blank and membership entries answer `Accepted`. Snapshots are the
+//! core's framed, checksummed format; installing one rebuilds the state and its indexes.
+//!
+//! One fencing check lives here rather than in the core, because only the log knows it: an
+//! order command must carry the term of the log entry it arrived in. A leader can only speak
+//! for its own term, so a command built by a deposed leader and replayed by another cannot
+//! take over a cycle (DESIGN §5).
+//!
+//! Readers (the data plane, the leader's planner, `WaitApplied` answers) share the state
+//! through [`StateMachineStore::read`] and follow the applied index through
+//! [`StateMachineStore::applied_index`].
+
+use std::io::Cursor;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use certfleet_core::snapshot::{SnapshotReader, SnapshotWriter};
+use certfleet_core::{Command, Event, Op, Rejection, Response, State, apply};
+use openraft::storage::{RaftStateMachine, Snapshot, SnapshotMeta};
+use openraft::{BasicNode, EntryPayload, RaftSnapshotBuilder, StorageIOError, StoredMembership};
+use tokio::sync::watch;
+
+use super::types::{Entry, LogId, NodeId, StorageError, TypeConfig};
+
+/// The state machine handle; clones share the state.
+#[derive(Clone, Debug)]
+pub struct StateMachineStore {
+    inner: Arc<Mutex<Inner>>,
+    applied: watch::Sender<u64>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    state: State,
+    last_applied: Option<LogId>,
+    membership: StoredMembership<NodeId, BasicNode>,
+    snapshot: Option<StoredSnapshot>,
+    snapshot_seq: u64,
+    events: Vec<Event>,
+    installs: u64,
+}
+
+#[derive(Clone, Debug)]
+struct StoredSnapshot {
+    meta: SnapshotMeta<NodeId, BasicNode>,
+    bytes: Vec<u8>,
+}
+
+/// Builds snapshots from a copy of the state taken when the builder was made.
+#[derive(Debug)]
+pub struct SnapshotBuilder {
+    store: StateMachineStore,
+}
+
+impl Default for StateMachineStore {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl StateMachineStore {
+    /// An empty state machine.
+    #[must_use]
+    pub fn new() -> Self {
+        let (applied, _) = watch::channel(0);
+        Self {
+            inner: Arc::default(),
+            applied,
+        }
+    }
+
+    /// Reads the state under the lock (keep the closure short: apply waits for it).
+    pub fn read<T>(&self, f: impl FnOnce(&State) -> T) -> T {
+        f(&self.inner().state)
+    }
+
+    /// The last applied log index (0 before any), as a watch: the data plane and `WaitApplied`
+    /// answers follow it.
+    #[must_use]
+    pub fn applied_index(&self) -> watch::Receiver<u64> {
+        self.applied.subscribe()
+    }
+
+    /// Data-plane events applied since the last call, in order.
+    pub fn drain_events(&self) -> Vec<Event> {
+        std::mem::take(&mut self.inner().events)
+    }
+
+    /// How many snapshots were installed (the data plane rebuilds its maps after one).
+    #[must_use]
+    pub fn snapshot_installs(&self) -> u64 {
+        self.inner().installs
+    }
+
+    fn inner(&self) -> MutexGuard<'_, Inner> {
+        // The state is only mutated inside `apply` between checks, with no await; a panic there
+        // is a core assertion, which already failed the node.
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// An order command must carry the term of the entry it is in.
+fn check_entry_term(command: &Command, entry_term: u64) -> Option<Rejection> {
+    let term = match &command.op {
+        Op::BeginOrder { term, .. } | Op::ResumeOrder { term, .. } => *term,
+        Op::OrderCreated { step, .. }
+        | Op::ChallengesPublished { step, .. }
+        | Op::KeyPrepared { step, .. }
+        | Op::Finalized { step }
+        | Op::CertIssued { step, .. }
+        | Op::OrderFailed { step, .. } => step.term,
+        _ => return None,
+    };
+    (term.0 != entry_term).then(|| Rejection::Invalid {
+        reason: format!("order command for term {term} arrived in an entry of term {entry_term}"),
+    })
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachineStore {
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(
+        &mut self,
+    ) -> Result<(Option<LogId>, StoredMembership<NodeId, BasicNode>), StorageError> {
+        let inner = self.inner();
+        Ok((inner.last_applied, inner.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Response>, StorageError>
+    where
+        I: IntoIterator<Item = Entry> + Send,
+        I::IntoIter: Send,
+    {
+        let mut responses = Vec::new();
+        let last_index = {
+            let mut inner = self.inner();
+            for entry in entries {
+                inner.last_applied = Some(entry.log_id);
+                let response = match entry.payload {
+                    EntryPayload::Blank => Response::Accepted,
+                    EntryPayload::Membership(membership) => {
+                        inner.membership = StoredMembership::new(Some(entry.log_id), membership);
+                        Response::Accepted
+                    }
+                    EntryPayload::Normal(command) => {
+                        match check_entry_term(&command, entry.log_id.leader_id.term) {
+                            Some(rejection) => Response::Rejected(rejection),
+                            None => {
+                                let (response, events) = apply(&mut inner.state, &command);
+                                inner.events.extend(events);
+                                response
+                            }
+                        }
+                    }
+                };
+                responses.push(response);
+            }
+            inner.last_applied.map_or(0, |id| id.index)
+        };
+        self.applied.send_replace(last_index);
+        Ok(responses)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        SnapshotBuilder {
+            store: self.clone(),
+        }
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta<NodeId, BasicNode>,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError> {
+        let bytes = snapshot.into_inner();
+        let state = SnapshotReader::read_all(&bytes)
+            .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))?;
+        let index = meta.last_log_id.map_or(0, |id| id.index);
+        {
+            let mut inner = self.inner();
+            inner.state = state;
+            inner.last_applied = meta.last_log_id;
+            inner.membership = meta.last_membership.clone();
+            inner.snapshot = Some(StoredSnapshot {
+                meta: meta.clone(),
+                bytes,
+            });
+            inner.installs += 1;
+            inner.events.clear();
+        }
+        self.applied.send_replace(index);
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
+        Ok(self.inner().snapshot.clone().map(|stored| Snapshot {
+            meta: stored.meta,
+            snapshot: Box::new(Cursor::new(stored.bytes)),
+        }))
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
+        // Copy what the snapshot describes under the lock, encode outside it: apply goes on.
+        let (state, last_applied, membership, seq) = {
+            let mut inner = self.store.inner();
+            inner.snapshot_seq += 1;
+            (
+                inner.state.clone(),
+                inner.last_applied,
+                inner.membership.clone(),
+                inner.snapshot_seq,
+            )
+        };
+        let bytes = SnapshotWriter::to_vec(&state);
+        let snapshot_id = match last_applied {
+            Some(id) => format!("{}-{}-{seq}", id.leader_id.term, id.index),
+            None => format!("0-0-{seq}"),
+        };
+        let meta = SnapshotMeta {
+            last_log_id: last_applied,
+            last_membership: membership,
+            snapshot_id,
+        };
+        self.store.inner().snapshot = Some(StoredSnapshot {
+            meta: meta.clone(),
+            bytes: bytes.clone(),
+        });
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(bytes)),
+        })
+    }
+}
