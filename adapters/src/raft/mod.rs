@@ -1,8 +1,9 @@
 //! openraft glue (DESIGN §3, §7), split as openraft's own examples are: the type
-//! configuration, the log store, the state machine. The network and the node driver come next
+//! configuration, the log store, the state machine, the network. The node driver comes next
 //! (issue #4).
 
 pub mod log_store;
+pub mod network;
 pub mod state_machine;
 pub mod types;
 
