@@ -94,8 +94,15 @@ impl MemLogStore {
     pub fn sync(&self) {
         let waiting = {
             let mut disk = self.disk();
-            disk.durable = disk.live.clone();
-            disk.unsynced.clear();
+            // Only appends are ever pending (votes, the committed index, truncation and purge
+            // are durable at once), so syncing moves the unsynced entries: O(new writes), not
+            // O(log). Found by the simulator: copying the whole log at every sync made a run
+            // with a 1 ms sync interval crawl.
+            let disk = &mut *disk;
+            for entry in disk.unsynced.drain(..) {
+                disk.durable.entries.insert(entry.log_id.index, entry);
+            }
+            debug_assert_eq!(disk.durable.entries.len(), disk.live.entries.len());
             std::mem::take(&mut disk.waiting)
         };
         // Outside the lock: the callbacks wake openraft's tasks.

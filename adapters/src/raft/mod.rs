@@ -4,6 +4,8 @@
 
 pub mod log_store;
 pub mod network;
+#[cfg(madsim)]
+pub mod sim_runtime;
 pub mod state_machine;
 pub mod types;
 

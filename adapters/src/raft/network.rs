@@ -135,7 +135,9 @@ impl Default for Network {
 pub struct Peer {
     target: NodeId,
     addr: String,
-    stream: Option<TcpStream>,
+    // Only ever reached through `get_mut` (we hold `&mut self`), so the lock is never taken;
+    // it makes the peer `Sync` as openraft requires, which madsim's stream is not.
+    stream: std::sync::Mutex<Option<TcpStream>>,
     deadline: Duration,
 }
 
@@ -154,7 +156,7 @@ impl Peer {
         Self {
             target,
             addr,
-            stream: None,
+            stream: std::sync::Mutex::new(None),
             deadline,
         }
     }
@@ -214,29 +216,34 @@ impl Peer {
         };
         if result.is_err() {
             // The stream may hold half a frame: never reuse it.
-            self.stream = None;
+            *self.stream() = None;
         }
         result
     }
 
     async fn exchange(&mut self, rpc: &Rpc) -> Result<RpcReply, TransportError> {
+        let target = self.target;
+        let addr = self.addr.clone();
         let io_error = |source| TransportError::Io {
-            target: self.target,
-            addr: self.addr.clone(),
+            target,
+            addr: addr.clone(),
             source,
         };
-        if self.stream.is_none() {
-            let stream = TcpStream::connect(&self.addr).await.map_err(io_error)?;
+        if self.stream().is_none() {
+            let stream = TcpStream::connect(&addr).await.map_err(io_error)?;
             stream.set_nodelay(true).map_err(io_error)?;
-            self.stream = Some(stream);
+            *self.stream() = Some(stream);
         }
-        let stream = self.stream.as_mut().expect("connected above");
+        let stream = self.stream().as_mut().expect("connected above");
         write_frame(stream, rpc).await.map_err(io_error)?;
         let bytes = read_frame(stream).await.map_err(io_error)?;
-        decode(&bytes).map_err(|reason| TransportError::Malformed {
-            target: self.target,
-            reason,
-        })
+        decode(&bytes).map_err(|reason| TransportError::Malformed { target, reason })
+    }
+
+    fn stream(&mut self) -> &mut Option<TcpStream> {
+        self.stream
+            .get_mut()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn rpc_error<E: std::error::Error>(
@@ -441,6 +448,12 @@ pub enum WriteError {
         /// How long we tried.
         after: Duration,
     },
+    /// The write was not committed within the deadline (it may still commit later).
+    #[error("not committed within {after:?}; the write may still commit")]
+    Timeout {
+        /// How long we waited.
+        after: Duration,
+    },
     /// Forwarding to the leader failed.
     #[error(transparent)]
     Transport(#[from] TransportError),
@@ -461,24 +474,40 @@ pub async fn write(
     let started = tokio::time::Instant::now();
     let mut pause = Duration::from_millis(20);
     loop {
-        let forward = match raft.client_write(command.clone()).await {
-            Ok(reply) => return Ok(reply.data),
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => forward,
-            Err(other) => return Err(WriteError::Raft(other.to_string())),
+        // Even the local call has a deadline: a leader cut off from its majority accepts the
+        // write and never commits it (found by the simulator: a clogged leader hung a client).
+        let remaining = deadline.saturating_sub(started.elapsed());
+        let local = tokio::time::timeout(remaining, raft.client_write(command.clone())).await;
+        let forward = match local {
+            Err(_) => {
+                return Err(WriteError::Timeout {
+                    after: started.elapsed(),
+                });
+            }
+            Ok(Ok(reply)) => return Ok(reply.data),
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward)))) => forward,
+            Ok(Err(other)) => return Err(WriteError::Raft(other.to_string())),
         };
+        let mut last_error = None;
         if let (Some(leader), Some(node)) = (forward.leader_id, forward.leader_node) {
             let remaining = deadline.saturating_sub(started.elapsed());
             let mut peer = Peer::new(leader, node.addr, remaining.max(Duration::from_millis(1)));
-            match peer.client_write(command.clone()).await? {
-                Ok(reply) => return Ok(reply.data),
+            match peer.client_write(command.clone()).await {
+                Ok(Ok(reply)) => return Ok(reply.data),
                 // The leader moved on between our question and its answer: ask again.
-                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {}
-                Err(other) => return Err(WriteError::Raft(other.to_string())),
+                Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => {}
+                Ok(Err(other)) => return Err(WriteError::Raft(other.to_string())),
+                // The leader we were told of is unreachable (crashed, cut off): an election
+                // will name another; keep asking until the deadline.
+                Err(error) => last_error = Some(error),
             }
         }
         if started.elapsed() + pause > deadline {
-            return Err(WriteError::NoLeader {
-                after: started.elapsed(),
+            return Err(match last_error {
+                Some(error) => WriteError::Transport(error),
+                None => WriteError::NoLeader {
+                    after: started.elapsed(),
+                },
             });
         }
         tokio::time::sleep(pause).await;

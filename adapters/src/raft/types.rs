@@ -5,6 +5,14 @@ use std::io::Cursor;
 
 use certfleet_core::{Command, Response};
 
+/// The async runtime openraft runs on: real tokio in production, madsim's simulator under
+/// `--cfg madsim` (openraft's `TokioRuntime` would call the real tokio there and panic).
+#[cfg(not(madsim))]
+pub type Runtime = openraft::TokioRuntime;
+/// The async runtime openraft runs on: madsim's simulator.
+#[cfg(madsim)]
+pub type Runtime = super::sim_runtime::MadsimRuntime;
+
 /// A node's id in the cluster (voters and edge learners alike).
 pub type NodeId = u64;
 
@@ -17,7 +25,7 @@ openraft::declare_raft_types!(
         Node = openraft::BasicNode,
         Entry = openraft::Entry<TypeConfig>,
         SnapshotData = Cursor<Vec<u8>>,
-        AsyncRuntime = openraft::TokioRuntime,
+        AsyncRuntime = Runtime,
 );
 
 /// A log entry of this cluster.
