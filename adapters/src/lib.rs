@@ -6,4 +6,5 @@
 //! cluster demo are issue #5. Nothing here pretends to be those.
 
 pub mod demo;
+pub mod node;
 pub mod raft;

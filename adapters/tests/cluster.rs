@@ -4,135 +4,15 @@
 //! follower, survive the leader's death, and bring a late learner (an edge) up to date
 //! through a snapshot; every node ends with the same state digest.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::net::SocketAddr;
-use std::sync::Arc;
+mod common;
+
 use std::time::Duration;
 
-use certfleet::raft::log_store::SyncMode;
-use certfleet::raft::network::{self, Network, Peer};
-use certfleet::raft::types::{NodeId, TypeConfig};
-use certfleet::raft::{MemLogStore, StateMachineStore};
+use certfleet::raft::network::Peer;
 use certfleet_core::command::Op;
 use certfleet_core::testing::{ISSUER, account, spec};
-use certfleet_core::{CertId, Command, IssuerId, Response, UnixMillis};
-use openraft::{BasicNode, Config, Raft, SnapshotPolicy};
-use tokio::task::JoinHandle;
-
-const T0: UnixMillis = UnixMillis(1_700_000_000_000);
-const WAIT: Duration = Duration::from_secs(10);
-
-struct Node {
-    id: NodeId,
-    addr: SocketAddr,
-    raft: Raft<TypeConfig>,
-    state_machine: StateMachineStore,
-    server: JoinHandle<std::io::Result<()>>,
-}
-
-impl Node {
-    async fn start(id: NodeId) -> Self {
-        let config = Config {
-            heartbeat_interval: 100,
-            election_timeout_min: 400,
-            election_timeout_max: 800,
-            // Snapshot often and keep little log, so a late learner needs a snapshot.
-            snapshot_policy: SnapshotPolicy::LogsSinceLast(40),
-            max_in_snapshot_log_to_keep: 5,
-            purge_batch_size: 1,
-            ..Config::default()
-        };
-        let config = Arc::new(config.validate().unwrap());
-        let log = MemLogStore::new(SyncMode::Immediate);
-        let state_machine = StateMachineStore::new();
-        let raft = Raft::new(id, config, Network::default(), log, state_machine.clone())
-            .await
-            .unwrap();
-        let listener = network::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let server = tokio::spawn(network::serve(
-            listener,
-            raft.clone(),
-            state_machine.clone(),
-        ));
-        Self {
-            id,
-            addr,
-            raft,
-            state_machine,
-            server,
-        }
-    }
-
-    fn node(&self) -> BasicNode {
-        BasicNode {
-            addr: self.addr.to_string(),
-        }
-    }
-
-    async fn stop(self) {
-        self.server.abort();
-        self.raft.shutdown().await.unwrap();
-    }
-
-    fn digest(&self) -> [u8; 32] {
-        self.state_machine.read(|s| s.digest())
-    }
-}
-
-async fn start_cluster(n: u64) -> Vec<Node> {
-    let mut nodes = Vec::new();
-    for id in 1..=n {
-        nodes.push(Node::start(id).await);
-    }
-    let members: BTreeMap<NodeId, BasicNode> = nodes.iter().map(|n| (n.id, n.node())).collect();
-    nodes[0].raft.initialize(members).await.unwrap();
-    nodes
-}
-
-async fn leader_of(nodes: &[Node]) -> NodeId {
-    let metrics = nodes[0]
-        .raft
-        .wait(Some(WAIT))
-        .metrics(
-            |m| {
-                m.current_leader
-                    .is_some_and(|l| nodes.iter().any(|n| n.id == l))
-            },
-            "a live leader",
-        )
-        .await
-        .unwrap();
-    metrics.current_leader.unwrap()
-}
-
-/// Writes through `via` as the admin API does: forwarded to the leader, waiting out elections.
-async fn write(via: &Node, op: Op) -> Response {
-    network::write(&via.raft, Command { at: T0, op }, WAIT)
-        .await
-        .unwrap()
-}
-
-async fn converge(nodes: &[&Node]) {
-    let index = nodes
-        .iter()
-        .map(|n| n.raft.metrics().borrow().last_log_index.unwrap_or(0))
-        .max()
-        .unwrap();
-    for node in nodes {
-        node.raft
-            .wait(Some(WAIT))
-            .applied_index_at_least(Some(index), "caught up")
-            .await
-            .unwrap();
-    }
-    let digests: BTreeSet<[u8; 32]> = nodes.iter().map(|n| n.digest()).collect();
-    assert_eq!(
-        digests.len(),
-        1,
-        "nodes disagree after applying index {index}"
-    );
-}
+use certfleet_core::{CertId, IssuerId, Response};
+use common::{Node, WAIT, converge, leader_of, start_cluster, write};
 
 fn put(name: &str) -> Op {
     Op::PutCert {

@@ -324,7 +324,9 @@ async fn run_on_client(options: &SimOptions) -> Outcome {
         };
         let in_flight = match hosts[via].raft().filter(|_| hosts[via].up) {
             Some(raft) => Some(tokio::spawn(async move {
-                network::write(&raft, command, Duration::from_secs(5)).await
+                network::write(&raft, command, Duration::from_secs(5))
+                    .await
+                    .map(|w| w.response)
             })),
             None => {
                 note!(

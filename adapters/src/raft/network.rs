@@ -437,6 +437,15 @@ fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, String> {
     Ok(value)
 }
 
+/// A committed write: where it landed in the log, and the state machine's answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Written {
+    /// The log index of the entry.
+    pub index: u64,
+    /// `apply`'s answer.
+    pub response: certfleet_core::Response,
+}
+
 /// Why a write could not be committed.
 #[derive(Debug, Error)]
 #[non_exhaustive]
@@ -470,7 +479,7 @@ pub async fn write(
     raft: &Raft<TypeConfig>,
     command: Command,
     deadline: Duration,
-) -> Result<certfleet_core::Response, WriteError> {
+) -> Result<Written, WriteError> {
     let started = tokio::time::Instant::now();
     let mut pause = Duration::from_millis(20);
     loop {
@@ -484,7 +493,12 @@ pub async fn write(
                     after: started.elapsed(),
                 });
             }
-            Ok(Ok(reply)) => return Ok(reply.data),
+            Ok(Ok(reply)) => {
+                return Ok(Written {
+                    index: reply.log_id.index,
+                    response: reply.data,
+                });
+            }
             Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward)))) => forward,
             Ok(Err(other)) => return Err(WriteError::Raft(other.to_string())),
         };
@@ -493,7 +507,12 @@ pub async fn write(
             let remaining = deadline.saturating_sub(started.elapsed());
             let mut peer = Peer::new(leader, node.addr, remaining.max(Duration::from_millis(1)));
             match peer.client_write(command.clone()).await {
-                Ok(Ok(reply)) => return Ok(reply.data),
+                Ok(Ok(reply)) => {
+                    return Ok(Written {
+                        index: reply.log_id.index,
+                        response: reply.data,
+                    });
+                }
                 // The leader moved on between our question and its answer: ask again.
                 Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => {}
                 Ok(Err(other)) => return Err(WriteError::Raft(other.to_string())),

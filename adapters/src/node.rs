@@ -1,0 +1,407 @@
+//! The node driver (DESIGN §5, §7): what the leader does with the replicated state.
+//!
+//! Every node runs [`NodeDriver::run`]. While a node leads, it ticks the core's planner and
+//! turns intents into commits, and runs one task per open cycle that drives the core's
+//! `OrderDriver`: each step is committed through Raft before the next call to the CA, and
+//! before challenges are declared ready every member acknowledges it applied them
+//! (`WaitApplied`), with a timeout whose firings are counted. A node that stops leading drops
+//! its cycle tasks; the next leader resumes the cycles from their committed steps.
+//!
+//! Time comes from a [`Clock`] (skewed per node in the simulation) and the CA from an
+//! [`Acme`] implementation (instant-acme in production; a model CA in tests).
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use certfleet_core::command::{AriWindow, Op};
+use certfleet_core::order::{Action, OrderDriver, Outcome};
+use certfleet_core::time::mix;
+use certfleet_core::{CertId, Command, Intent, Response, Term, UnixMillis, plan};
+use openraft::Raft;
+use tokio::task::JoinHandle;
+
+use crate::raft::StateMachineStore;
+use crate::raft::network::{self, Peer};
+use crate::raft::types::TypeConfig;
+
+/// Where a node reads the time. Decisions use the leader's clock, committed in commands.
+pub trait Clock: Send + Sync + 'static {
+    /// Now, in milliseconds since the epoch.
+    fn now(&self) -> UnixMillis;
+}
+
+/// The operating system's clock.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> UnixMillis {
+        let since_epoch = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        UnixMillis(u64::try_from(since_epoch.as_millis()).unwrap_or(u64::MAX))
+    }
+}
+
+/// The CA (and key material) as the order driver sees it.
+pub trait Acme: Send + Sync + 'static {
+    /// Performs a CA action (or `PrepareKey`) and reports its outcome.
+    fn perform(&self, action: Action, now: UnixMillis) -> impl Future<Output = Outcome> + Send;
+    /// Fetches the ARI renewal window of a certificate (`None` when the poll failed).
+    fn renewal_info(
+        &self,
+        ari_id: &str,
+        now: UnixMillis,
+    ) -> impl Future<Output = Option<AriWindow>> + Send;
+}
+
+/// Knobs of the driver.
+#[derive(Clone, Debug)]
+pub struct DriverConfig {
+    /// Longest sleep between planner ticks.
+    pub tick: Duration,
+    /// How long the leader waits for every member to apply published challenges.
+    pub apply_wait: Duration,
+    /// Deadline of each commit.
+    pub write_deadline: Duration,
+    /// Seed of this node's choices (jitter and backoff seeds in commands).
+    pub seed: u64,
+}
+
+impl Default for DriverConfig {
+    fn default() -> Self {
+        Self {
+            tick: Duration::from_secs(1),
+            apply_wait: Duration::from_secs(5),
+            write_deadline: Duration::from_secs(10),
+            seed: 0,
+        }
+    }
+}
+
+/// Counters a node exposes (metrics, simulation checks).
+#[derive(Debug, Default)]
+pub struct DriverStats {
+    /// Cycles this node began or resumed as leader.
+    pub cycles_driven: AtomicU64,
+    /// Times the leader declared challenges ready with members still behind.
+    pub apply_wait_timeouts: AtomicU64,
+    /// Members that were behind at those times, in total.
+    pub lagging_members: AtomicU64,
+}
+
+/// One node's driver.
+pub struct NodeDriver<C: Clock, A: Acme> {
+    raft: Raft<TypeConfig>,
+    state_machine: StateMachineStore,
+    clock: Arc<C>,
+    acme: Arc<A>,
+    config: DriverConfig,
+    stats: Arc<DriverStats>,
+    draws: Arc<AtomicU64>,
+}
+
+impl<C: Clock, A: Acme> NodeDriver<C, A> {
+    /// A driver for the node behind `raft`.
+    pub fn new(
+        raft: Raft<TypeConfig>,
+        state_machine: StateMachineStore,
+        clock: Arc<C>,
+        acme: Arc<A>,
+        config: DriverConfig,
+    ) -> Self {
+        Self {
+            raft,
+            state_machine,
+            clock,
+            acme,
+            config,
+            stats: Arc::default(),
+            draws: Arc::default(),
+        }
+    }
+
+    /// The driver's counters.
+    #[must_use]
+    pub fn stats(&self) -> Arc<DriverStats> {
+        self.stats.clone()
+    }
+
+    /// Runs forever: leads while this node is the leader, waits otherwise.
+    pub async fn run(self) {
+        let id = self.raft.metrics().borrow().id;
+        loop {
+            let (leader, term) = {
+                let metrics = self.raft.metrics().borrow().clone();
+                (metrics.current_leader == Some(id), metrics.current_term)
+            };
+            if leader {
+                self.lead(id, term).await;
+            } else {
+                tokio::time::sleep(self.config.tick.min(Duration::from_millis(200))).await;
+            }
+        }
+    }
+
+    /// One leadership: plan and drive until this node no longer leads in `term`.
+    async fn lead(&self, id: u64, term: u64) {
+        let mut cycles: BTreeMap<CertId, JoinHandle<()>> = BTreeMap::new();
+        loop {
+            let metrics = self.raft.metrics().borrow().clone();
+            if metrics.current_leader != Some(id) || metrics.current_term != term {
+                break;
+            }
+            cycles.retain(|_, task| !task.is_finished());
+            let now = self.clock.now();
+            let tick = self
+                .state_machine
+                .read(|state| plan(state, now, Term(term)));
+            let mut deferred = Vec::new();
+            let mut committed = false;
+            for intent in tick.intents {
+                match intent {
+                    Intent::NewOrder {
+                        cert,
+                        cycle,
+                        reason,
+                    } => {
+                        let op = Op::BeginOrder {
+                            cert: cert.clone(),
+                            cycle,
+                            term: Term(term),
+                            reason,
+                        };
+                        committed |= self.commit(op).await.is_some_and(|r| r.is_accepted());
+                        self.start_cycle(&mut cycles, cert, term);
+                    }
+                    Intent::Resume { cert, cycle } => {
+                        committed |= self
+                            .commit(Op::ResumeOrder {
+                                cert: cert.clone(),
+                                cycle,
+                                term: Term(term),
+                            })
+                            .await
+                            .is_some();
+                        self.start_cycle(&mut cycles, cert, term);
+                    }
+                    Intent::Drive { cert, .. } => self.start_cycle(&mut cycles, cert, term),
+                    Intent::Defer { cert, until } => deferred.push((cert, until)),
+                    Intent::PollRenewalInfo {
+                        cert,
+                        cycle,
+                        ari_id,
+                    } => {
+                        let window = self.acme.renewal_info(&ari_id, self.clock.now()).await;
+                        let seed = self.draw();
+                        let op = Op::RenewalInfoPolled {
+                            cert,
+                            cycle,
+                            window,
+                            retry_at: None,
+                            seed,
+                        };
+                        committed |= self.commit(op).await.is_some();
+                    }
+                }
+            }
+            if !deferred.is_empty() {
+                committed |= self
+                    .commit(Op::CertsDeferred { items: deferred })
+                    .await
+                    .is_some();
+            }
+            if committed {
+                continue; // the plan is valid until the next commit: plan again at once
+            }
+            let until_wake = tick.wake_at.map_or(self.config.tick, |at| {
+                Duration::from_millis(at.ms_since(self.clock.now()))
+            });
+            let mut applied = self.state_machine.applied_index();
+            // Wake on the planner's deadline, or as soon as anything is applied (a cycle
+            // closed, a certificate was added).
+            let _ = tokio::time::timeout(until_wake.min(self.config.tick), applied.changed()).await;
+        }
+        for (_, task) in cycles {
+            task.abort();
+        }
+    }
+
+    fn start_cycle(&self, cycles: &mut BTreeMap<CertId, JoinHandle<()>>, cert: CertId, term: u64) {
+        if cycles.get(&cert).is_some_and(|task| !task.is_finished()) {
+            return;
+        }
+        let task = CycleTask {
+            raft: self.raft.clone(),
+            state_machine: self.state_machine.clone(),
+            clock: self.clock.clone(),
+            acme: self.acme.clone(),
+            config: self.config.clone(),
+            stats: self.stats.clone(),
+            seed: self.draw(),
+        };
+        self.stats.cycles_driven.fetch_add(1, Ordering::Relaxed);
+        let _ = term;
+        cycles.insert(
+            cert.clone(),
+            tokio::spawn(async move { task.drive(cert).await }),
+        );
+    }
+
+    async fn commit(&self, op: Op) -> Option<Response> {
+        let command = Command {
+            at: self.clock.now(),
+            op,
+        };
+        network::write(&self.raft, command, self.config.write_deadline)
+            .await
+            .ok()
+            .map(|w| w.response)
+    }
+
+    fn draw(&self) -> u64 {
+        mix(
+            self.config.seed,
+            b"node-driver",
+            self.draws.fetch_add(1, Ordering::Relaxed),
+        )
+    }
+}
+
+/// What one cycle's task needs.
+struct CycleTask<C: Clock, A: Acme> {
+    raft: Raft<TypeConfig>,
+    state_machine: StateMachineStore,
+    clock: Arc<C>,
+    acme: Arc<A>,
+    config: DriverConfig,
+    stats: Arc<DriverStats>,
+    seed: u64,
+}
+
+impl<C: Clock, A: Acme> CycleTask<C, A> {
+    async fn drive(self, cert: CertId) {
+        let applied = *self.state_machine.applied_index().borrow();
+        let made = self.state_machine.read(|state| {
+            let open = state.cert(&cert)?.open.as_deref()?;
+            Some(OrderDriver::new(cert.clone(), open, applied, self.seed))
+        });
+        let Some(mut driver) = made else { return };
+        loop {
+            let now = self.clock.now();
+            let action = self
+                .state_machine
+                .read(|state| driver.poll_action(state, now));
+            let outcome = match action {
+                Action::Done => return,
+                Action::Wait => unreachable!("each action is performed before the next poll"),
+                Action::Sleep { until } => {
+                    tokio::time::sleep(Duration::from_millis(until.ms_since(now).max(1))).await;
+                    continue;
+                }
+                Action::Commit(command) => {
+                    match network::write(&self.raft, command, self.config.write_deadline).await {
+                        Ok(written) => match written.response {
+                            Response::Accepted => Outcome::Committed {
+                                index: written.index,
+                            },
+                            Response::Rejected(rejection) => Outcome::Rejected(rejection),
+                        },
+                        // Unknown outcome (deposed, cut off): stop; whoever leads resumes the
+                        // cycle from what was committed.
+                        Err(_) => return,
+                    }
+                }
+                Action::WaitApplied { index } => {
+                    let lagging = self.wait_applied_everywhere(index).await;
+                    if lagging > 0 {
+                        self.stats
+                            .apply_wait_timeouts
+                            .fetch_add(1, Ordering::Relaxed);
+                        self.stats
+                            .lagging_members
+                            .fetch_add(u64::from(lagging), Ordering::Relaxed);
+                    }
+                    Outcome::Applied { lagging }
+                }
+                ca_action => self.acme.perform(ca_action, now).await,
+            };
+            driver.handle_outcome(self.clock.now(), outcome);
+        }
+    }
+
+    /// Asks every member (voters and learners) to acknowledge it applied `index`; returns how
+    /// many had not when the wait ended (DESIGN §5 step 3).
+    async fn wait_applied_everywhere(&self, index: u64) -> u32 {
+        let metrics = self.raft.metrics().borrow().clone();
+        let me = metrics.id;
+        let members: Vec<(u64, String)> = metrics
+            .membership_config
+            .nodes()
+            .filter(|(id, _)| **id != me)
+            .map(|(id, node)| (*id, node.addr.clone()))
+            .collect();
+        let wait = self.config.apply_wait;
+        let mut asks = Vec::new();
+        for (id, addr) in members {
+            asks.push(tokio::spawn(async move {
+                let mut peer = Peer::new(id, addr, wait);
+                peer.wait_applied(index, wait)
+                    .await
+                    .is_ok_and(|applied| applied >= index)
+            }));
+        }
+        let mut lagging =
+            u32::from(network::wait_applied(&self.state_machine, index, wait).await < index);
+        for ask in asks {
+            if !ask.await.unwrap_or(false) {
+                lagging += 1;
+            }
+        }
+        lagging
+    }
+}
+
+/// The core's model CA behind the [`Acme`] trait, for tests and the simulation: one shared
+/// CA for the whole cluster.
+#[derive(Debug)]
+pub struct ModelAcme(pub std::sync::Mutex<certfleet_core::testing::ModelCa>);
+
+impl ModelAcme {
+    /// A model CA issuing certificates of `lifetime_ms`.
+    #[must_use]
+    pub fn new(lifetime_ms: u64) -> Self {
+        Self(std::sync::Mutex::new(
+            certfleet_core::testing::ModelCa::new(lifetime_ms),
+        ))
+    }
+
+    /// Reads the CA's books.
+    pub fn with<T>(&self, f: impl FnOnce(&certfleet_core::testing::ModelCa) -> T) -> T {
+        f(&self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner))
+    }
+}
+
+impl Acme for ModelAcme {
+    async fn perform(&self, action: Action, now: UnixMillis) -> Outcome {
+        let mut ca = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        ca.perform(&action, now)
+            .unwrap_or_else(|| unreachable!("the driver sends the CA only CA actions"))
+    }
+
+    async fn renewal_info(&self, ari_id: &str, _now: UnixMillis) -> Option<AriWindow> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .renewal_info(ari_id)
+    }
+}
