@@ -242,9 +242,9 @@ impl<C: Clock, A: Acme> NodeDriver<C, A> {
             config: self.config.clone(),
             stats: self.stats.clone(),
             seed: self.draw(),
+            term,
         };
         self.stats.cycles_driven.fetch_add(1, Ordering::Relaxed);
-        let _ = term;
         cycles.insert(
             cert.clone(),
             tokio::spawn(async move { task.drive(cert).await }),
@@ -280,6 +280,7 @@ struct CycleTask<C: Clock, A: Acme> {
     config: DriverConfig,
     stats: Arc<DriverStats>,
     seed: u64,
+    term: u64,
 }
 
 impl<C: Clock, A: Acme> CycleTask<C, A> {
@@ -287,7 +288,11 @@ impl<C: Clock, A: Acme> CycleTask<C, A> {
         let applied = *self.state_machine.applied_index().borrow();
         let made = self.state_machine.read(|state| {
             let open = state.cert(&cert)?.open.as_deref()?;
-            Some(OrderDriver::new(cert.clone(), open, applied, self.seed))
+            // Only a cycle this term owns: if our ResumeOrder has not been applied (its commit
+            // timed out), a driver for the old term would call the CA and then be fenced off,
+            // again at every tick. Found by the simulator (seeds 25, 44, 92).
+            (open.term == Term(self.term))
+                .then(|| OrderDriver::new(cert.clone(), open, applied, self.seed))
         });
         let Some(mut driver) = made else { return };
         loop {
@@ -302,19 +307,10 @@ impl<C: Clock, A: Acme> CycleTask<C, A> {
                     tokio::time::sleep(Duration::from_millis(until.ms_since(now).max(1))).await;
                     continue;
                 }
-                Action::Commit(command) => {
-                    match network::write(&self.raft, command, self.config.write_deadline).await {
-                        Ok(written) => match written.response {
-                            Response::Accepted => Outcome::Committed {
-                                index: written.index,
-                            },
-                            Response::Rejected(rejection) => Outcome::Rejected(rejection),
-                        },
-                        // Unknown outcome (deposed, cut off): stop; whoever leads resumes the
-                        // cycle from what was committed.
-                        Err(_) => return,
-                    }
-                }
+                Action::Commit(command) => match self.commit_until_known(command).await {
+                    Some(outcome) => outcome,
+                    None => return, // deposed: whoever leads resumes from what was committed
+                },
                 Action::WaitApplied { index } => {
                     let lagging = self.wait_applied_everywhere(index).await;
                     if lagging > 0 {
@@ -331,6 +327,41 @@ impl<C: Clock, A: Acme> CycleTask<C, A> {
             };
             driver.handle_outcome(self.clock.now(), outcome);
         }
+    }
+
+    /// Commits `command`, retrying the same command while its outcome is unknown and this node
+    /// still leads in the cycle's term; `None` once deposed.
+    ///
+    /// Never give up and re-derive the step instead: the driver's next move after an unknown
+    /// commit would repeat the CA call the command records (a second `newOrder` for one cycle).
+    /// Found by the simulator: a leader cut off from its majority, still believing it led,
+    /// placed 128 orders for one certificate, one per planner tick. A retried command that
+    /// did commit the first time is rejected as out of order, which ends the driver cleanly.
+    async fn commit_until_known(&self, command: Command) -> Option<Outcome> {
+        let mut pause = Duration::from_millis(100);
+        loop {
+            match network::write(&self.raft, command.clone(), self.config.write_deadline).await {
+                Ok(written) => {
+                    return Some(match written.response {
+                        Response::Accepted => Outcome::Committed {
+                            index: written.index,
+                        },
+                        Response::Rejected(rejection) => Outcome::Rejected(rejection),
+                    });
+                }
+                Err(_) if self.leads() => {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(self.config.tick.max(Duration::from_secs(1)));
+                }
+                Err(_) => return None,
+            }
+        }
+    }
+
+    /// Whether this node still leads in the term it drives the cycle for.
+    fn leads(&self) -> bool {
+        let metrics = self.raft.metrics().borrow().clone();
+        metrics.current_leader == Some(metrics.id) && metrics.current_term == self.term
     }
 
     /// Asks every member (voters and learners) to acknowledge it applied `index`; returns how

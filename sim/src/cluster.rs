@@ -5,6 +5,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use certfleet::node::{Clock, DriverConfig, ModelAcme, NodeDriver, SystemClock};
 use certfleet::raft::log_store::SyncMode;
 use certfleet::raft::network::{self, Network};
 use certfleet::raft::types::{NodeId, TypeConfig};
@@ -37,8 +38,13 @@ macro_rules! note {
 pub const RPC_PORT: u16 = 7000;
 /// Virtual time the healed cluster gets to converge (SIMULATION liveness phase).
 pub const CONVERGE_MS_MAX: u64 = 60_000;
+/// Lifetime of certificates the simulated CA issues: short, so renewals happen within a run.
+pub const CERT_LIFETIME_MS: u64 = 20 * 60 * 1000;
+/// Healthy virtual time after the workload, during which certificates keep renewing.
+pub const IDLE_MS: u64 = 60 * 60 * 1000;
+
 /// Virtual time one run may take at most; past it the run is stuck.
-pub const VIRTUAL_SECS_MAX: u64 = 3_600;
+pub const VIRTUAL_SECS_MAX: u64 = 3 * 3_600;
 
 /// What one run found.
 #[derive(Clone, Debug)]
@@ -59,6 +65,10 @@ pub struct Outcome {
     pub entries_torn: usize,
     /// The trace itself (printed when replaying one seed).
     pub trace: String,
+    /// Order cycles begun across all certificates.
+    pub cycles: u64,
+    /// Orders the CA received (DESIGN §5: at most cycles + leadership changes in the window).
+    pub orders: u64,
 }
 
 impl Outcome {
@@ -79,6 +89,8 @@ impl Outcome {
             entries_lost: 0,
             entries_torn: 0,
             trace: String::new(),
+            cycles: 0,
+            orders: 0,
         }
     }
 }
@@ -95,6 +107,8 @@ struct Host {
     up: bool,
     /// Process lifetimes (restarts) so far; applied indexes are monotonic within one (I5).
     incarnation: u64,
+    /// Crashes while this host was the leader.
+    leader_crashes: u64,
 }
 
 impl Host {
@@ -140,20 +154,21 @@ fn raft_config() -> Arc<Config> {
     Arc::new(config.validate().expect("a valid static config"))
 }
 
-fn start_host(handle: &Handle, id: NodeId, options: &SimOptions) -> Host {
+fn start_host(handle: &Handle, id: NodeId, options: &SimOptions, acme: &Arc<ModelAcme>) -> Host {
     let ip = IpAddr::V4(Ipv4Addr::new(10, 0, 0, id as u8));
     let addr = SocketAddr::new(ip, RPC_PORT);
     // The "disk" outlives the process: created here, handed to every incarnation.
     let log = MemLogStore::new(SyncMode::Deferred);
     let live: Incarnation = Arc::default();
     let sync_every = Duration::from_millis(options.sync_interval_ms);
-    let (init_log, init_live) = (log.clone(), live.clone());
+    let (init_log, init_live, init_acme) = (log.clone(), live.clone(), acme.clone());
+    let driver_seed = mix(options.seed, b"driver", id);
     let node = handle
         .create_node()
         .name(format!("n{id}"))
         .ip(ip)
         .init(move || {
-            let (log, live) = (init_log.clone(), init_live.clone());
+            let (log, live, acme) = (init_log.clone(), init_live.clone(), init_acme.clone());
             async move {
                 let state_machine = StateMachineStore::new();
                 let raft = Raft::new(
@@ -169,6 +184,21 @@ fn start_host(handle: &Handle, id: NodeId, options: &SimOptions) -> Host {
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner) =
                     Some((raft.clone(), state_machine.clone()));
+                // The leader's work: planner and order cycles against the shared CA.
+                let config = DriverConfig {
+                    tick: Duration::from_secs(1),
+                    apply_wait: Duration::from_secs(2),
+                    write_deadline: Duration::from_secs(5),
+                    seed: driver_seed,
+                };
+                let driver = NodeDriver::new(
+                    raft.clone(),
+                    state_machine.clone(),
+                    Arc::new(SystemClock),
+                    acme,
+                    config,
+                );
+                tokio::spawn(driver.run());
                 // Batched fsync: entries between syncs are what a crash takes away.
                 tokio::spawn(async move {
                     loop {
@@ -193,6 +223,7 @@ fn start_host(handle: &Handle, id: NodeId, options: &SimOptions) -> Host {
         live,
         up: true,
         incarnation: 0,
+        leader_crashes: 0,
     }
 }
 
@@ -222,10 +253,10 @@ async fn run_on_client(options: &SimOptions) -> Outcome {
     let mut trace = String::new();
     note!(&mut trace, "{options}");
     let mut violations = Vec::new();
+    let acme = Arc::new(ModelAcme::new(CERT_LIFETIME_MS));
     let mut hosts: Vec<Host> = (1..=options.voters + options.edges)
-        .map(|id| start_host(&handle, id, options))
+        .map(|id| start_host(&handle, id, options, &acme))
         .collect();
-    let shared = Arc::new(Mutex::new(Vec::<(NodeId, Option<Raft<TypeConfig>>)>::new()));
     tokio::time::sleep(Duration::from_millis(50)).await;
 
     // Bootstrap: voters from host 1; edges join as learners through whoever leads.
@@ -268,7 +299,32 @@ async fn run_on_client(options: &SimOptions) -> Outcome {
             violations.push(format!("edge n{} could not join", host.id));
         }
     }
-    drop(shared);
+
+    let issuer = IssuerId::parse(ISSUER).expect("fixture issuer");
+    // Setup: a policy for the simulated lifetimes, and the account.
+    let policy = sim_policy();
+    for op in [
+        Op::SetPolicy { policy },
+        Op::SetAccount {
+            issuer: issuer.clone(),
+            account: account(),
+        },
+    ] {
+        let Some(raft) = hosts[0].raft() else { break };
+        match network::write(
+            &raft,
+            Command {
+                at: UnixMillis(0),
+                op,
+            },
+            Duration::from_secs(30),
+        )
+        .await
+        {
+            Ok(written) if written.response.is_accepted() => {}
+            other => violations.push(format!("setup write failed: {other:?}")),
+        }
+    }
 
     // Workload with faults interleaved, every choice drawn from the seed.
     let mut choices = Choices {
@@ -294,32 +350,19 @@ async fn run_on_client(options: &SimOptions) -> Outcome {
     let mut acknowledged: Vec<String> = Vec::new();
     let mut unknown = 0usize;
     let (mut entries_lost, mut entries_torn) = (0, 0);
-    let issuer = IssuerId::parse(ISSUER).expect("fixture issuer");
-    let mut first = true;
     for step in 0..options.writes {
         for (_, fault) in pending_restore.iter().filter(|(at, _)| *at == step) {
             restore(&handle, &mut hosts, fault, &mut trace, started);
         }
         pending_restore.retain(|(at, _)| *at != step);
-        let (op, name) = if first {
-            let op = Op::SetAccount {
-                issuer: issuer.clone(),
-                account: account(),
-            };
-            (op, "account".to_owned())
-        } else {
-            let name = format!("w{step}.example.com");
-            (
-                Op::PutCert {
-                    spec: spec(&[name.as_str()]),
-                    seed: step,
-                },
-                name,
-            )
+        let name = format!("w{step}.example.com");
+        let op = Op::PutCert {
+            spec: spec(&[name.as_str()]),
+            seed: step,
         };
         let via = choices.below(hosts.len() as u64) as usize;
         let command = Command {
-            at: UnixMillis(1_767_225_600_000 + step),
+            at: SystemClock.now(),
             op,
         };
         let in_flight = match hosts[via].raft().filter(|_| hosts[via].up) {
@@ -358,7 +401,6 @@ async fn run_on_client(options: &SimOptions) -> Outcome {
         let Some(task) = in_flight else { continue };
         match task.await.expect("a write task does not panic") {
             Ok(Response::Accepted) => {
-                first = false;
                 acknowledged.push(name.clone());
                 note!(
                     &mut trace,
@@ -386,6 +428,9 @@ async fn run_on_client(options: &SimOptions) -> Outcome {
         tokio::time::sleep(Duration::from_millis(choices.below(50))).await;
     }
 
+    // Time passes, healthy: certificates renew several times (SIMULATION I6's liveness form).
+    tokio::time::sleep(Duration::from_millis(IDLE_MS)).await;
+
     // Liveness phase: every fault removed, every host up, then convergence within a bound.
     let net = NetSim::current();
     for (_, fault) in pending_restore.drain(..) {
@@ -395,7 +440,8 @@ async fn run_on_client(options: &SimOptions) -> Outcome {
         net.unclog_node(host.node.id());
     }
     let converged = converge(&hosts).await;
-    let leader_changes = leader_changes(&hosts);
+    let leader_changes =
+        leader_changes(&hosts) + hosts.iter().map(|h| h.leader_crashes).sum::<u64>();
     match converged {
         Err(why) => violations.push(format!("I4 convergence: {why}")),
         Ok(digest) => {
@@ -417,6 +463,9 @@ async fn run_on_client(options: &SimOptions) -> Outcome {
             }
         }
     }
+    // I6 (liveness form) and I1 on the leader's final state.
+    let (cycles, orders) = check_orders(&hosts, &acme, leader_changes, &mut violations);
+    note!(&mut trace, "cycles={cycles} orders={orders}");
     note!(
         &mut trace,
         "acknowledged={} unknown={unknown} lost={entries_lost} torn={entries_torn}",
@@ -431,6 +480,8 @@ async fn run_on_client(options: &SimOptions) -> Outcome {
         trace_digest: Sha256::digest(trace.as_bytes()).into(),
         trace,
         violations,
+        cycles,
+        orders,
         acknowledged: acknowledged.len(),
         unknown,
         leader_changes,
@@ -470,6 +521,15 @@ fn inject(
             let host = &mut hosts[*target as usize - 1];
             if !host.up {
                 return (0, 0);
+            }
+            // A leader's crash is a leadership change even when it comes back leading in the
+            // same term (openraft resumes a committed self-vote), so I1 counts it.
+            let was_leader = host.raft().is_some_and(|raft| {
+                let metrics = raft.metrics().borrow().clone();
+                metrics.current_leader == Some(metrics.id)
+            });
+            if was_leader {
+                host.leader_crashes += 1;
             }
             handle.kill(host.node.id());
             *host.live() = None;
@@ -599,4 +659,76 @@ fn elapsed(started: tokio::time::Instant) -> u128 {
 #[must_use]
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The lifecycle policy for 20-minute certificates: Let's Encrypt's budgets (300 orders per 3 h,
+/// 5 duplicates a week) would rightly stop renewals every 10 minutes of up to 80 certificates,
+/// so the simulation scales the budgets with the lifetimes.
+fn sim_policy() -> certfleet_core::Policy {
+    use certfleet_core::budget::Rate;
+    certfleet_core::Policy {
+        new_orders: Rate {
+            count: 10_000,
+            period_ms: 3 * 3_600_000,
+        },
+        certs_per_set: Rate {
+            count: 1_000,
+            period_ms: 7 * 24 * 3_600_000,
+        },
+        certs_per_domain: Rate {
+            count: 10_000,
+            period_ms: 7 * 24 * 3_600_000,
+        },
+        ari_poll_interval_ms: 12 * 3_600_000,
+        ..certfleet_core::Policy::default()
+    }
+}
+
+/// Every certificate is issued and unexpired at the end (I6, liveness form), and no identifier
+/// set saw more orders than its cycles plus the cluster's leadership changes (I1). Returns the
+/// cycles begun and the orders the CA received.
+fn check_orders(
+    hosts: &[Host],
+    acme: &ModelAcme,
+    leader_changes: u64,
+    violations: &mut Vec<String>,
+) -> (u64, u64) {
+    let Some(sm) = hosts.iter().find_map(Host::state_machine) else {
+        return (0, 0);
+    };
+    let now = SystemClock.now();
+    let (orders_per_set, orders) = acme.with(|ca| (ca.orders_per_set.clone(), ca.new_orders));
+    let mut cycles = 0;
+    sm.read(|state| {
+        for (id, record) in state.certs() {
+            cycles += record.cycle.0;
+            match &record.current {
+                Some(current) if current.not_after > now => {}
+                Some(current) => {
+                    let sched = certfleet_core::plan::schedule(id, record, state.policy());
+                    violations.push(format!(
+                        "I6 validity: {id} is expired after healing (now {now}, not_after {}, cycle {}, open {:?}, failures {}, retry_at {:?}, deferred {:?}, schedule {sched:?}, new_orders budget {:?}, policy new_orders {:?})",
+                        current.not_after,
+                        record.cycle,
+                        record.open.as_ref().map(|o| o.step.name()),
+                        record.failures,
+                        record.retry_at,
+                        record.deferred_until,
+                        state.budgets().arrival(&certfleet_core::budget::BudgetKey::NewOrders { issuer: record.spec.issuer.clone() }),
+                        state.policy().new_orders,
+                    ))
+                }
+                None => violations.push(format!("I6 validity: {id} was never issued")),
+            }
+            let set = record.spec.identifier_set();
+            let ordered = orders_per_set.get(&set).copied().unwrap_or(0);
+            if ordered > record.cycle.0 + leader_changes {
+                violations.push(format!(
+                    "I1 duplicate orders: {id} has {ordered} orders for {} cycles with {leader_changes} leadership changes",
+                    record.cycle.0
+                ));
+            }
+        }
+    });
+    (cycles, orders)
 }

@@ -44,9 +44,11 @@ fn main() -> ExitCode {
         runs += 1;
         let digest = hex(&outcome.trace_digest);
         let summary = format!(
-            "acked={} unknown={} leader_changes={} lost={} torn={}",
+            "acked={} unknown={} cycles={} orders={} leader_changes={} lost={} torn={}",
             outcome.acknowledged,
             outcome.unknown,
+            outcome.cycles,
+            outcome.orders,
             outcome.leader_changes,
             outcome.entries_lost,
             outcome.entries_torn
