@@ -163,30 +163,13 @@ impl<C: Clock, A: Acme> NodeDriver<C, A> {
             let mut committed = false;
             for intent in tick.intents {
                 match intent {
-                    Intent::NewOrder {
-                        cert,
-                        cycle,
-                        reason,
-                    } => {
-                        let op = Op::BeginOrder {
-                            cert: cert.clone(),
-                            cycle,
-                            term: Term(term),
-                            reason,
-                        };
+                    Intent::NewOrder { ref cert, .. } | Intent::Resume { ref cert, .. } => {
+                        let op = intent
+                            .cycle_command(Term(term))
+                            .expect("new orders and resumes are cycle commands");
+                        // Only an applied command changes the plan; replanning after a rejection would loop.
                         committed |= self.commit(op).await.is_some_and(|r| r.is_accepted());
-                        self.start_cycle(&mut cycles, cert, term);
-                    }
-                    Intent::Resume { cert, cycle } => {
-                        committed |= self
-                            .commit(Op::ResumeOrder {
-                                cert: cert.clone(),
-                                cycle,
-                                term: Term(term),
-                            })
-                            .await
-                            .is_some();
-                        self.start_cycle(&mut cycles, cert, term);
+                        self.start_cycle(&mut cycles, cert.clone(), term);
                     }
                     Intent::Drive { cert, .. } => self.start_cycle(&mut cycles, cert, term),
                     Intent::Defer { cert, until } => deferred.push((cert, until)),

@@ -62,6 +62,33 @@ pub enum Intent {
     },
 }
 
+impl Intent {
+    /// The command that starts or takes over a cycle for the leader of `term`: `BeginOrder` for
+    /// `NewOrder`, `ResumeOrder` for `Resume`. Other intents are not one command each.
+    #[must_use]
+    pub fn cycle_command(&self, term: Term) -> Option<crate::command::Op> {
+        use crate::command::Op;
+        match self {
+            Self::NewOrder {
+                cert,
+                cycle,
+                reason,
+            } => Some(Op::BeginOrder {
+                cert: cert.clone(),
+                cycle: *cycle,
+                term,
+                reason: *reason,
+            }),
+            Self::Resume { cert, cycle } => Some(Op::ResumeOrder {
+                cert: cert.clone(),
+                cycle: *cycle,
+                term,
+            }),
+            Self::Defer { .. } | Self::Drive { .. } | Self::PollRenewalInfo { .. } => None,
+        }
+    }
+}
+
 /// The result of one planner tick.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Plan {
@@ -518,25 +545,13 @@ mod tests {
     fn commit_plan(state: &mut State, plan: &Plan, now: UnixMillis) {
         let mut deferred = Vec::new();
         for intent in &plan.intents {
-            match intent {
-                Intent::NewOrder {
-                    cert,
-                    cycle,
-                    reason,
-                } => {
-                    let op = Op::BeginOrder {
-                        cert: cert.clone(),
-                        cycle: *cycle,
-                        term: Term(1),
-                        reason: *reason,
-                    };
-                    assert!(
-                        apply(state, &Command { at: now, op }).0.is_accepted(),
-                        "apply agrees with the planner"
-                    );
-                }
-                Intent::Defer { cert, until } => deferred.push((cert.clone(), *until)),
-                _ => {}
+            if let Some(op) = intent.cycle_command(Term(1)) {
+                let accepted = apply(state, &Command { at: now, op }).0.is_accepted();
+                assert!(accepted, "apply agrees with the planner");
+                continue;
+            }
+            if let Intent::Defer { cert, until } = intent {
+                deferred.push((cert.clone(), *until));
             }
         }
         if !deferred.is_empty() {

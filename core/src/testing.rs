@@ -517,32 +517,14 @@ impl Harness {
         let mut deferred = Vec::new();
         for intent in plan.intents {
             match intent {
-                Intent::NewOrder {
-                    cert,
-                    cycle,
-                    reason,
-                } => {
-                    let op = Op::BeginOrder {
-                        cert: cert.clone(),
-                        cycle,
-                        term: self.term,
-                        reason,
-                    };
+                Intent::NewOrder { ref cert, .. } | Intent::Resume { ref cert, .. } => {
+                    let op = intent
+                        .cycle_command(self.term)
+                        .expect("new orders and resumes are cycle commands");
+                    let begins = matches!(intent, Intent::NewOrder { .. });
                     if self.commit(op).is_accepted() {
-                        self.stats.cycles += 1;
-                        self.start_driver(&cert);
-                    }
-                }
-                Intent::Resume { cert, cycle } => {
-                    if self
-                        .commit(Op::ResumeOrder {
-                            cert: cert.clone(),
-                            cycle,
-                            term: self.term,
-                        })
-                        .is_accepted()
-                    {
-                        self.start_driver(&cert);
+                        self.stats.cycles += u64::from(begins);
+                        self.start_driver(cert);
                     }
                 }
                 Intent::Drive { cert, .. } => {
