@@ -95,13 +95,31 @@ pub struct DriverStats {
 
 /// One node's driver.
 pub struct NodeDriver<C: Clock, A: Acme> {
+    node: Shared<C, A>,
+    draws: Arc<AtomicU64>,
+}
+
+/// What the driver and each of its cycle tasks share.
+struct Shared<C: Clock, A: Acme> {
     raft: Raft<TypeConfig>,
     state_machine: StateMachineStore,
     clock: Arc<C>,
     acme: Arc<A>,
     config: DriverConfig,
     stats: Arc<DriverStats>,
-    draws: Arc<AtomicU64>,
+}
+
+impl<C: Clock, A: Acme> Clone for Shared<C, A> {
+    fn clone(&self) -> Self {
+        Self {
+            raft: self.raft.clone(),
+            state_machine: self.state_machine.clone(),
+            clock: self.clock.clone(),
+            acme: self.acme.clone(),
+            config: self.config.clone(),
+            stats: self.stats.clone(),
+        }
+    }
 }
 
 impl<C: Clock, A: Acme> NodeDriver<C, A> {
@@ -113,13 +131,16 @@ impl<C: Clock, A: Acme> NodeDriver<C, A> {
         acme: Arc<A>,
         config: DriverConfig,
     ) -> Self {
-        Self {
+        let node = Shared {
             raft,
             state_machine,
             clock,
             acme,
             config,
             stats: Arc::default(),
+        };
+        Self {
+            node,
             draws: Arc::default(),
         }
     }
@@ -127,21 +148,21 @@ impl<C: Clock, A: Acme> NodeDriver<C, A> {
     /// The driver's counters.
     #[must_use]
     pub fn stats(&self) -> Arc<DriverStats> {
-        self.stats.clone()
+        self.node.stats.clone()
     }
 
     /// Runs forever: leads while this node is the leader, waits otherwise.
     pub async fn run(self) {
-        let id = self.raft.metrics().borrow().id;
+        let id = self.node.raft.metrics().borrow().id;
         loop {
             let (leader, term) = {
-                let metrics = self.raft.metrics().borrow().clone();
+                let metrics = self.node.raft.metrics().borrow().clone();
                 (metrics.current_leader == Some(id), metrics.current_term)
             };
             if leader {
                 self.lead(id, term).await;
             } else {
-                tokio::time::sleep(self.config.tick.min(Duration::from_millis(200))).await;
+                tokio::time::sleep(self.node.config.tick.min(Duration::from_millis(200))).await;
             }
         }
     }
@@ -150,13 +171,14 @@ impl<C: Clock, A: Acme> NodeDriver<C, A> {
     async fn lead(&self, id: u64, term: u64) {
         let mut cycles: BTreeMap<CertId, JoinHandle<()>> = BTreeMap::new();
         loop {
-            let metrics = self.raft.metrics().borrow().clone();
+            let metrics = self.node.raft.metrics().borrow().clone();
             if metrics.current_leader != Some(id) || metrics.current_term != term {
                 break;
             }
             cycles.retain(|_, task| !task.is_finished());
-            let now = self.clock.now();
+            let now = self.node.clock.now();
             let tick = self
+                .node
                 .state_machine
                 .read(|state| plan(state, now, Term(term)));
             let mut deferred = Vec::new();
@@ -178,7 +200,11 @@ impl<C: Clock, A: Acme> NodeDriver<C, A> {
                         cycle,
                         ari_id,
                     } => {
-                        let window = self.acme.renewal_info(&ari_id, self.clock.now()).await;
+                        let window = self
+                            .node
+                            .acme
+                            .renewal_info(&ari_id, self.node.clock.now())
+                            .await;
                         let seed = self.draw();
                         let op = Op::RenewalInfoPolled {
                             cert,
@@ -200,13 +226,14 @@ impl<C: Clock, A: Acme> NodeDriver<C, A> {
             if committed {
                 continue; // the plan is valid until the next commit: plan again at once
             }
-            let until_wake = tick.wake_at.map_or(self.config.tick, |at| {
-                Duration::from_millis(at.ms_since(self.clock.now()))
+            let until_wake = tick.wake_at.map_or(self.node.config.tick, |at| {
+                Duration::from_millis(at.ms_since(self.node.clock.now()))
             });
-            let mut applied = self.state_machine.applied_index();
+            let mut applied = self.node.state_machine.applied_index();
             // Wake on the planner's deadline, or as soon as anything is applied (a cycle
             // closed, a certificate was added).
-            let _ = tokio::time::timeout(until_wake.min(self.config.tick), applied.changed()).await;
+            let _ = tokio::time::timeout(until_wake.min(self.node.config.tick), applied.changed())
+                .await;
         }
         for (_, task) in cycles {
             task.abort();
@@ -218,16 +245,14 @@ impl<C: Clock, A: Acme> NodeDriver<C, A> {
             return;
         }
         let task = CycleTask {
-            raft: self.raft.clone(),
-            state_machine: self.state_machine.clone(),
-            clock: self.clock.clone(),
-            acme: self.acme.clone(),
-            config: self.config.clone(),
-            stats: self.stats.clone(),
+            node: self.node.clone(),
             seed: self.draw(),
             term,
         };
-        self.stats.cycles_driven.fetch_add(1, Ordering::Relaxed);
+        self.node
+            .stats
+            .cycles_driven
+            .fetch_add(1, Ordering::Relaxed);
         cycles.insert(
             cert.clone(),
             tokio::spawn(async move { task.drive(cert).await }),
@@ -236,10 +261,10 @@ impl<C: Clock, A: Acme> NodeDriver<C, A> {
 
     async fn commit(&self, op: Op) -> Option<Response> {
         let command = Command {
-            at: self.clock.now(),
+            at: self.node.clock.now(),
             op,
         };
-        network::write(&self.raft, command, self.config.write_deadline)
+        network::write(&self.node.raft, command, self.node.config.write_deadline)
             .await
             .ok()
             .map(|w| w.response)
@@ -247,7 +272,7 @@ impl<C: Clock, A: Acme> NodeDriver<C, A> {
 
     fn draw(&self) -> u64 {
         mix(
-            self.config.seed,
+            self.node.config.seed,
             b"node-driver",
             self.draws.fetch_add(1, Ordering::Relaxed),
         )
@@ -256,20 +281,15 @@ impl<C: Clock, A: Acme> NodeDriver<C, A> {
 
 /// What one cycle's task needs.
 struct CycleTask<C: Clock, A: Acme> {
-    raft: Raft<TypeConfig>,
-    state_machine: StateMachineStore,
-    clock: Arc<C>,
-    acme: Arc<A>,
-    config: DriverConfig,
-    stats: Arc<DriverStats>,
+    node: Shared<C, A>,
     seed: u64,
     term: u64,
 }
 
 impl<C: Clock, A: Acme> CycleTask<C, A> {
     async fn drive(self, cert: CertId) {
-        let applied = *self.state_machine.applied_index().borrow();
-        let made = self.state_machine.read(|state| {
+        let applied = *self.node.state_machine.applied_index().borrow();
+        let made = self.node.state_machine.read(|state| {
             let open = state.cert(&cert)?.open.as_deref()?;
             // Only a cycle this term owns: if our ResumeOrder has not been applied (its commit
             // timed out), a driver for the old term would call the CA and then be fenced off,
@@ -279,8 +299,9 @@ impl<C: Clock, A: Acme> CycleTask<C, A> {
         });
         let Some(mut driver) = made else { return };
         loop {
-            let now = self.clock.now();
+            let now = self.node.clock.now();
             let action = self
+                .node
                 .state_machine
                 .read(|state| driver.poll_action(state, now));
             let outcome = match action {
@@ -297,18 +318,20 @@ impl<C: Clock, A: Acme> CycleTask<C, A> {
                 Action::WaitApplied { index } => {
                     let lagging = self.wait_applied_everywhere(index).await;
                     if lagging > 0 {
-                        self.stats
+                        self.node
+                            .stats
                             .apply_wait_timeouts
                             .fetch_add(1, Ordering::Relaxed);
-                        self.stats
+                        self.node
+                            .stats
                             .lagging_members
                             .fetch_add(u64::from(lagging), Ordering::Relaxed);
                     }
                     Outcome::Applied { lagging }
                 }
-                ca_action => self.acme.perform(ca_action, now).await,
+                ca_action => self.node.acme.perform(ca_action, now).await,
             };
-            driver.handle_outcome(self.clock.now(), outcome);
+            driver.handle_outcome(self.node.clock.now(), outcome);
         }
     }
 
@@ -323,7 +346,13 @@ impl<C: Clock, A: Acme> CycleTask<C, A> {
     async fn commit_until_known(&self, command: Command) -> Option<Outcome> {
         let mut pause = Duration::from_millis(100);
         loop {
-            match network::write(&self.raft, command.clone(), self.config.write_deadline).await {
+            match network::write(
+                &self.node.raft,
+                command.clone(),
+                self.node.config.write_deadline,
+            )
+            .await
+            {
                 Ok(written) => {
                     return Some(match written.response {
                         Response::Accepted => Outcome::Committed {
@@ -334,7 +363,7 @@ impl<C: Clock, A: Acme> CycleTask<C, A> {
                 }
                 Err(_) if self.leads() => {
                     tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(self.config.tick.max(Duration::from_secs(1)));
+                    pause = (pause * 2).min(self.node.config.tick.max(Duration::from_secs(1)));
                 }
                 Err(_) => return None,
             }
@@ -343,14 +372,14 @@ impl<C: Clock, A: Acme> CycleTask<C, A> {
 
     /// Whether this node still leads in the term it drives the cycle for.
     fn leads(&self) -> bool {
-        let metrics = self.raft.metrics().borrow().clone();
+        let metrics = self.node.raft.metrics().borrow().clone();
         metrics.current_leader == Some(metrics.id) && metrics.current_term == self.term
     }
 
     /// Asks every member (voters and learners) to acknowledge it applied `index`; returns how
     /// many had not when the wait ended (DESIGN §5 step 3).
     async fn wait_applied_everywhere(&self, index: u64) -> u32 {
-        let metrics = self.raft.metrics().borrow().clone();
+        let metrics = self.node.raft.metrics().borrow().clone();
         let me = metrics.id;
         let members: Vec<(u64, String)> = metrics
             .membership_config
@@ -358,7 +387,7 @@ impl<C: Clock, A: Acme> CycleTask<C, A> {
             .filter(|(id, _)| **id != me)
             .map(|(id, node)| (*id, node.addr.clone()))
             .collect();
-        let wait = self.config.apply_wait;
+        let wait = self.node.config.apply_wait;
         let mut asks = Vec::new();
         for (id, addr) in members {
             asks.push(tokio::spawn(async move {
@@ -369,7 +398,7 @@ impl<C: Clock, A: Acme> CycleTask<C, A> {
             }));
         }
         let mut lagging =
-            u32::from(network::wait_applied(&self.state_machine, index, wait).await < index);
+            u32::from(network::wait_applied(&self.node.state_machine, index, wait).await < index);
         for ask in asks {
             if !ask.await.unwrap_or(false) {
                 lagging += 1;
