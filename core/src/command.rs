@@ -250,6 +250,33 @@ impl Op {
             | Self::OrderFailed { step, .. } => Some(&step.cert),
         }
     }
+
+    /// The step reference of a cycle step (`OrderCreated` … `OrderFailed`).
+    #[must_use]
+    pub fn step(&self) -> Option<&StepRef> {
+        match self {
+            Self::OrderCreated { step, .. }
+            | Self::ChallengesPublished { step, .. }
+            | Self::KeyPrepared { step, .. }
+            | Self::Finalized { step }
+            | Self::CertIssued { step, .. }
+            | Self::OrderFailed { step, .. } => Some(step),
+            _ => None,
+        }
+    }
+
+    /// The step reference of a cycle step, to change (the simulation's mutations forge terms).
+    pub fn step_mut(&mut self) -> Option<&mut StepRef> {
+        match self {
+            Self::OrderCreated { step, .. }
+            | Self::ChallengesPublished { step, .. }
+            | Self::KeyPrepared { step, .. }
+            | Self::Finalized { step }
+            | Self::CertIssued { step, .. }
+            | Self::OrderFailed { step, .. } => Some(step),
+            _ => None,
+        }
+    }
 }
 
 /// Encodes a command: version byte, then postcard.

@@ -24,6 +24,10 @@ use crate::time::{MINUTE_MS, SECOND_MS, UnixMillis};
 
 /// Transient CA errors retried inside one cycle before the cycle fails and backs off.
 pub const CA_RETRIES_MAX: u32 = 3;
+
+/// The longest `Retry-After` a driver waits out in memory before an order exists; a longer
+/// one closes the cycle, committing it for whoever leads next.
+pub const RETRY_AFTER_IN_MEMORY_MS_MAX: u64 = 10 * SECOND_MS;
 /// Order polls (with growing delay, capped at [`POLL_DELAY_MS_MAX`]) before giving up on an order
 /// stuck in `pending` or `processing` (about an hour).
 pub const POLLS_MAX: u32 = 70;
@@ -319,6 +323,11 @@ pub enum Action {
     Commit(Command),
     /// `newOrder` (RFC 8555 §7.4); report [`Outcome::OrderCreated`].
     CreateOrder {
+        /// The certificate the order is for (for the adapter's logs and the simulated CA's
+        /// books: orders are counted per cycle, SIMULATION I1).
+        cert: CertId,
+        /// The cycle the order is for.
+        cycle: Cycle,
         /// Identifiers.
         identifiers: Vec<Identifier>,
         /// ACME profile.
@@ -346,6 +355,10 @@ pub enum Action {
     MarkReady {
         /// Challenge URLs.
         urls: Vec<String>,
+        /// Members still behind when the leader went ahead after the apply wait timed out
+        /// (DESIGN §5 step 3); 0 normally. Logged by the adapter; the simulated CA uses it to
+        /// tell an excused validation miss from a bug (SIMULATION I7).
+        members_behind: u32,
     },
     /// Generate and seal a key; report [`Outcome::KeyPrepared`].
     PrepareKey {
@@ -594,9 +607,22 @@ impl OrderDriver {
                     Pending::Commit,
                 ),
                 None => {
+                    // An account-wide 429 another cycle received holds this one too, even if
+                    // it began before (SIMULATION I9). Found by the simulator (seed 36): a
+                    // cycle retrying a 503 called `newOrder` minutes before the account's
+                    // committed Retry-After.
+                    if let Some(until) = state
+                        .account(&spec.issuer)
+                        .and_then(|a| a.throttled_until)
+                        .filter(|until| *until > now)
+                    {
+                        return Action::Sleep { until };
+                    }
                     let replaces = record.current.as_ref().and_then(|c| c.ari_id.clone());
                     let profile = spec.profile.acme_name().map(String::from);
                     self.call(Action::CreateOrder {
+                        cert: self.cert.clone(),
+                        cycle: self.cycle,
                         identifiers: spec.identifiers.clone(),
                         profile,
                         replaces,
@@ -628,6 +654,7 @@ impl OrderDriver {
                 if !challenges.is_empty() && !self.ready_sent {
                     return self.call(Action::MarkReady {
                         urls: challenges.iter().map(|c| c.url.clone()).collect(),
+                        members_behind: self.lagging,
                     });
                 }
                 match self.order.as_ref().map(|o| o.status) {
@@ -818,6 +845,18 @@ impl OrderDriver {
             // Before an order exists, a refusal closes the cycle and the committed backoff
             // (with the CA's Retry-After) applies cluster-wide.
             FailureClass::RateLimited | FailureClass::Permanent if self.step == StepName::Begun => {
+                self.failure = Some(failure);
+            }
+            // A long Retry-After before an order exists is committed the same way: held only
+            // in this driver's memory, the next leader would call again at once (SIMULATION
+            // I9; found by the simulator, seed 20: a CA down for maintenance, a leader change,
+            // and `newOrder` 51 s before the CA's Retry-After).
+            FailureClass::Retryable
+                if self.step == StepName::Begun
+                    && error
+                        .retry_at
+                        .is_some_and(|at| at.ms_since(now) > RETRY_AFTER_IN_MEMORY_MS_MAX) =>
+            {
                 self.failure = Some(failure);
             }
             FailureClass::RateLimited => {
@@ -1326,6 +1365,73 @@ mod tests {
             leader.state.account(issuer).unwrap().throttled_until,
             Some(T0.plus_ms(3 * HOUR_MS))
         );
+    }
+
+    fn unavailable_for(ms: u64, now: UnixMillis) -> Outcome {
+        Outcome::Failed(CaError {
+            status: Some(503),
+            problem: Some("urn:ietf:params:acme:error:serverInternal".into()),
+            detail: "down for maintenance".into(),
+            retry_at: Some(now.plus_ms(ms)),
+            account_wide: false,
+        })
+    }
+
+    #[test]
+    fn a_long_retry_after_before_an_order_exists_closes_the_cycle_to_commit_it() {
+        let mut leader = Leader::new(&["www.example.com"]);
+        let mut driver = leader.begin();
+        let action = driver.poll_action(&leader.state, leader.now);
+        assert!(matches!(action, Action::CreateOrder { .. }), "{action:?}");
+        driver.handle_outcome(leader.now, unavailable_for(60 * SECOND_MS, leader.now));
+        let Action::Commit(command) = driver.poll_action(&leader.state, leader.now) else {
+            panic!("the failure is committed");
+        };
+        let Op::OrderFailed { failure, .. } = &command.op else {
+            panic!("{command:?}");
+        };
+        assert_eq!(failure.retry_at, Some(T0.plus_ms(60 * SECOND_MS)));
+        assert_eq!(apply(&mut leader.state, &command).0, Response::Accepted);
+        let record = leader.state.cert(&leader.cert()).unwrap();
+        assert!(record.retry_at.unwrap() >= T0.plus_ms(60 * SECOND_MS));
+
+        // A short one is waited out in memory, keeping the cycle.
+        let mut leader = Leader::new(&["www.example.com"]);
+        let mut driver = leader.begin();
+        let _ = driver.poll_action(&leader.state, leader.now);
+        driver.handle_outcome(leader.now, unavailable_for(5 * SECOND_MS, leader.now));
+        let action = driver.poll_action(&leader.state, leader.now);
+        assert_eq!(
+            action,
+            Action::Sleep {
+                until: T0.plus_ms(5 * SECOND_MS)
+            }
+        );
+    }
+
+    #[test]
+    fn a_cycle_begun_before_an_account_wide_429_waits_for_its_retry_after() {
+        let mut leader = Leader::new(&["www.example.com"]);
+        let mut driver = leader.begin();
+        let issuer = crate::model::IssuerId::parse(crate::testing::ISSUER).unwrap();
+        let mut throttled = account();
+        throttled.throttled_until = Some(T0.plus_ms(HOUR_MS));
+        leader.commit(Op::SetAccount {
+            issuer,
+            account: throttled,
+        });
+        assert_eq!(
+            driver.poll_action(&leader.state, leader.now),
+            Action::Sleep {
+                until: T0.plus_ms(HOUR_MS)
+            },
+            "no newOrder before the account's Retry-After"
+        );
+        leader.now = T0.plus_ms(HOUR_MS);
+        assert!(matches!(
+            driver.poll_action(&leader.state, leader.now),
+            Action::CreateOrder { .. }
+        ));
     }
 
     #[test]

@@ -288,11 +288,12 @@ pub fn schedule(cert: &CertId, record: &CertRecord, policy: &Policy) -> Option<S
             (at, reason, poll)
         }
     };
-    if record.failures > 0
-        && let Some(retry) = record.retry_at
-    {
+    // A Retry-After kept across a spec change holds with no failure counted (`put_cert`).
+    if let Some(retry) = record.retry_at {
         renew_at = renew_at.max(retry);
-        reason = RenewalReason::Retry;
+        if record.failures > 0 {
+            reason = RenewalReason::Retry;
+        }
     }
     if let Some(deferred) = record.deferred_until {
         renew_at = renew_at.max(deferred);

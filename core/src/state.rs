@@ -365,7 +365,14 @@ impl State {
         record.spec = spec.clone();
         record.spec_changed = record.current.is_some();
         record.failures = 0;
-        record.retry_at = None;
+        // A new spec restarts our own backoff, but not the CA's: its last Retry-After still
+        // holds (SIMULATION I9; found by the simulator, seed 68: a modification during a CA
+        // outage sent `newOrder` 48 s before the CA's Retry-After).
+        record.retry_at = record
+            .last_failure
+            .as_ref()
+            .and_then(|f| f.retry_at)
+            .filter(|at| *at > now);
         record.deferred_until = None;
         self.reindex(&id);
         Ok(())

@@ -209,7 +209,7 @@ impl ModelCa {
         Some(match action {
             Action::CreateOrder { identifiers, .. } => self.create_order(identifiers, now),
             Action::FetchAuthorizations { urls } => self.authorizations(urls),
-            Action::MarkReady { urls } => self.mark_ready(urls),
+            Action::MarkReady { urls, .. } => self.mark_ready(urls),
             Action::FetchOrder { order_url } => match self.orders.get(order_url) {
                 Some(order) => Outcome::Order(view(order)),
                 None => Outcome::Failed(error(404, "malformed", "no such order", None)),
@@ -225,6 +225,24 @@ impl ModelCa {
             Action::WaitApplied { .. } => Outcome::Applied { lagging: 0 },
             Action::Commit(_) | Action::Sleep { .. } | Action::Wait | Action::Done => return None,
         })
+    }
+
+    /// The token and key authorization a node must answer for `challenge_url`.
+    #[must_use]
+    pub fn expected_answer(challenge_url: &str) -> (String, String) {
+        let authz_url = challenge_url.split("/chall/").next().unwrap_or_default();
+        let token = challenge_token(authz_url);
+        let key_authorization = format!("{token}.thumbprint");
+        (token, key_authorization)
+    }
+
+    /// Makes the order behind `challenge_url` fail validation when it is marked ready (the
+    /// simulation's CA found no answer at the node it asked).
+    pub fn fail_validation(&mut self, challenge_url: &str) {
+        let order_url = challenge_url.split("/authz/").next().unwrap_or_default();
+        if let Some(order) = self.orders.get_mut(order_url) {
+            order.fail_validation = true;
+        }
     }
 
     /// Answers an ARI poll for a certificate.
@@ -290,7 +308,7 @@ impl ModelCa {
             else {
                 continue;
             };
-            let token = format!("tok{}", mix(7, url.as_bytes(), 0));
+            let token = challenge_token(url);
             let offers = [
                 ChallengeKind::Http01,
                 ChallengeKind::TlsAlpn01,
@@ -391,6 +409,10 @@ impl ModelCa {
             ari_id,
         }
     }
+}
+
+fn challenge_token(authz_url: &str) -> String {
+    format!("tok{}", mix(7, authz_url.as_bytes(), 0))
 }
 
 fn view(order: &ModelOrder) -> OrderView {

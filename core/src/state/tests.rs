@@ -514,6 +514,53 @@ fn a_failed_cycle_backs_off_and_honours_the_cas_retry_after() {
 }
 
 #[test]
+fn changing_a_spec_restarts_the_backoff_but_keeps_the_cas_retry_after() {
+    let mut state = at_step(StepName::OrderCreated);
+    let mut f = failure(FailureClass::Retryable);
+    f.retry_at = Some(T0.plus_ms(2 * HOUR_MS));
+    ok(
+        &mut state,
+        T0,
+        Op::OrderFailed {
+            step: step("www.example.com", 1, 1),
+            failure: f,
+            seed: 3,
+        },
+    );
+    let mut changed = spec(&["www.example.com"]);
+    changed.key_type = crate::model::KeyType::EcdsaP384;
+    ok(
+        &mut state,
+        T0.plus_ms(1),
+        Op::PutCert {
+            spec: changed,
+            seed: 1,
+        },
+    );
+    let record = state.cert(&id("www.example.com")).unwrap();
+    assert_eq!(record.failures, 0, "our own backoff starts over");
+    assert_eq!(record.retry_at, Some(T0.plus_ms(2 * HOUR_MS)));
+    let sched = schedule(&id("www.example.com"), record, state.policy()).unwrap();
+    assert!(
+        sched.renew_at >= T0.plus_ms(2 * HOUR_MS),
+        "not before the CA's Retry-After: {sched:?}"
+    );
+
+    // A Retry-After already past is dropped with the rest of the backoff.
+    let mut changed_again = spec(&["www.example.com"]);
+    changed_again.key_type = crate::model::KeyType::EcdsaP256;
+    ok(
+        &mut state,
+        T0.plus_ms(3 * HOUR_MS),
+        Op::PutCert {
+            spec: changed_again,
+            seed: 1,
+        },
+    );
+    assert_eq!(state.cert(&id("www.example.com")).unwrap().retry_at, None);
+}
+
+#[test]
 fn failed_authorizations_count_against_the_identifier_budget() {
     let mut state = at_step(StepName::ChallengesPublished);
     let mut f = failure(FailureClass::Permanent);
