@@ -23,6 +23,7 @@ use certfleet_core::{CertId, Command, Intent, Response, Term, UnixMillis, plan};
 use openraft::Raft;
 use tokio::task::JoinHandle;
 
+use crate::mutation::{self, Mutation};
 use crate::raft::StateMachineStore;
 use crate::raft::network::{self, Peer};
 use crate::raft::types::TypeConfig;
@@ -91,6 +92,15 @@ pub struct DriverStats {
     pub apply_wait_timeouts: AtomicU64,
     /// Members that were behind at those times, in total.
     pub lagging_members: AtomicU64,
+    /// Planner ticks run.
+    pub planner_ticks: AtomicU64,
+    /// Most due-index entries one tick examined (bounded by the policy's `scan_per_tick_max`).
+    pub planner_scanned_max: AtomicU64,
+    /// Most entries a tick examined that produced no intent: idle certificates cost nothing
+    /// (SIMULATION I13), so this stays 0.
+    pub planner_idle_scanned_max: AtomicU64,
+    /// Most intents one tick emitted (bounded by the policy's `intents_per_tick_max`).
+    pub planner_intents_max: AtomicU64,
 }
 
 /// One node's driver.
@@ -169,6 +179,20 @@ impl<C: Clock, A: Acme> NodeDriver<C, A> {
 
     /// One leadership: plan and drive until this node no longer leads in `term`.
     async fn lead(&self, id: u64, term: u64) {
+        // Confirm the leadership with a quorum and apply everything committed before this term
+        // (a read index) before acting on the state: a node restarted with a vote of its own
+        // believes it leads until it hears otherwise, and would drive cycles from a replay that
+        // is behind the cluster. Found by the simulator (seed 1: a restarted node told the CA
+        // a challenge was ready that the cluster had already withdrawn).
+        let confirmed = tokio::time::timeout(
+            self.node.config.write_deadline,
+            self.node.raft.ensure_linearizable(),
+        )
+        .await;
+        if !matches!(confirmed, Ok(Ok(_))) {
+            tokio::time::sleep(self.node.config.tick.min(Duration::from_millis(200))).await;
+            return;
+        }
         let mut cycles: BTreeMap<CertId, JoinHandle<()>> = BTreeMap::new();
         loop {
             let metrics = self.node.raft.metrics().borrow().clone();
@@ -181,6 +205,7 @@ impl<C: Clock, A: Acme> NodeDriver<C, A> {
                 .node
                 .state_machine
                 .read(|state| plan(state, now, Term(term)));
+            self.record_tick(&tick);
             let mut deferred = Vec::new();
             let mut committed = false;
             for intent in tick.intents {
@@ -237,6 +262,23 @@ impl<C: Clock, A: Acme> NodeDriver<C, A> {
         }
         for (_, task) in cycles {
             task.abort();
+        }
+    }
+
+    fn record_tick(&self, tick: &certfleet_core::Plan) {
+        let stats = &self.node.stats;
+        stats.planner_ticks.fetch_add(1, Ordering::Relaxed);
+        let scanned = u64::from(tick.scanned);
+        stats
+            .planner_scanned_max
+            .fetch_max(scanned, Ordering::Relaxed);
+        stats
+            .planner_intents_max
+            .fetch_max(tick.intents.len() as u64, Ordering::Relaxed);
+        if tick.intents.is_empty() {
+            stats
+                .planner_idle_scanned_max
+                .fetch_max(scanned, Ordering::Relaxed);
         }
     }
 
@@ -298,6 +340,9 @@ impl<C: Clock, A: Acme> CycleTask<C, A> {
                 .then(|| OrderDriver::new(cert.clone(), open, applied, self.seed))
         });
         let Some(mut driver) = made else { return };
+        if mutation::active(Mutation::NewOrderWhileOpen) {
+            self.mutant_new_order(&cert).await;
+        }
         loop {
             let now = self.node.clock.now();
             let action = self
@@ -315,6 +360,9 @@ impl<C: Clock, A: Acme> CycleTask<C, A> {
                     Some(outcome) => outcome,
                     None => return, // deposed: whoever leads resumes from what was committed
                 },
+                Action::WaitApplied { .. } if mutation::active(Mutation::ServeBeforeApplied) => {
+                    Outcome::Applied { lagging: 0 }
+                }
                 Action::WaitApplied { index } => {
                     let lagging = self.wait_applied_everywhere(index).await;
                     if lagging > 0 {
@@ -329,9 +377,37 @@ impl<C: Clock, A: Acme> CycleTask<C, A> {
                     }
                     Outcome::Applied { lagging }
                 }
-                ca_action => self.node.acme.perform(ca_action, now).await,
+                ca_action => {
+                    let mut outcome = self.node.acme.perform(ca_action, now).await;
+                    if let Outcome::Failed(error) = &mut outcome
+                        && mutation::active(Mutation::IgnoreRetryAfter)
+                    {
+                        error.retry_at = None;
+                    }
+                    outcome
+                }
             };
             driver.handle_outcome(self.node.clock.now(), outcome);
+        }
+    }
+
+    /// The `NewOrderWhileOpen` bug: a resumed cycle past `Begun` gets a fresh order anyway.
+    async fn mutant_new_order(&self, cert: &CertId) {
+        let order = self.node.state_machine.read(|state| {
+            let record = state.cert(cert)?;
+            let open = record.open.as_deref()?;
+            (open.step.name() != certfleet_core::order::StepName::Begun).then(|| {
+                Action::CreateOrder {
+                    cert: cert.clone(),
+                    cycle: open.cycle,
+                    identifiers: record.spec.identifiers.clone(),
+                    profile: None,
+                    replaces: None,
+                }
+            })
+        });
+        if let Some(action) = order {
+            let _ = self.node.acme.perform(action, self.node.clock.now()).await;
         }
     }
 

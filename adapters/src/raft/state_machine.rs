@@ -17,19 +17,51 @@ use std::io::Cursor;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use certfleet_core::snapshot::{SnapshotReader, SnapshotWriter};
-use certfleet_core::{Command, Event, Op, Rejection, Response, State, apply};
+use certfleet_core::{Command, Cycle, Event, Op, Rejection, Response, State, Term, apply};
 use openraft::storage::{RaftStateMachine, Snapshot, SnapshotMeta};
 use openraft::{BasicNode, EntryPayload, RaftSnapshotBuilder, StorageIOError, StoredMembership};
 use tokio::sync::watch;
 
 use super::types::{Entry, LogId, NodeId, StorageError, TypeConfig};
+use crate::mutation::Mutation;
 
 /// The state machine handle; clones share the state.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct StateMachineStore {
     inner: Arc<Mutex<Inner>>,
     applied: watch::Sender<u64>,
+    observer: Option<ApplyObserver>,
 }
+
+impl std::fmt::Debug for StateMachineStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StateMachineStore")
+            .field("applied", &*self.applied.borrow())
+            .field("observed", &self.observer.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// One applied command, as an [`ApplyObserver`] sees it.
+#[derive(Debug)]
+pub struct AppliedEntry<'a> {
+    /// The entry's log index.
+    pub index: u64,
+    /// The term of the entry (of the leader that appended it).
+    pub entry_term: u64,
+    /// The command as it is in the log.
+    pub command: &'a Command,
+    /// What `apply` answered.
+    pub response: &'a Response,
+    /// The cycle and owning term of the command's certificate's open cycle, before apply.
+    pub open_before: Option<(Cycle, Term)>,
+    /// The state after apply.
+    pub state: &'a State,
+}
+
+/// Called for every applied command, under the state lock (keep it short): the simulation's
+/// checkers watch every node's apply stream through it.
+pub type ApplyObserver = Arc<dyn Fn(&AppliedEntry<'_>) + Send + Sync>;
 
 #[derive(Debug, Default)]
 struct Inner {
@@ -68,6 +100,16 @@ impl StateMachineStore {
         Self {
             inner: Arc::default(),
             applied,
+            observer: None,
+        }
+    }
+
+    /// An empty state machine whose every applied command is shown to `observer`.
+    #[must_use]
+    pub fn with_observer(observer: ApplyObserver) -> Self {
+        Self {
+            observer: Some(observer),
+            ..Self::new()
         }
     }
 
@@ -120,6 +162,28 @@ fn check_entry_term(command: &Command, entry_term: u64) -> Option<Rejection> {
     })
 }
 
+/// Applies one command after the entry-term check.
+fn apply_entry(inner: &mut Inner, command: &Command, entry_term: u64) -> Response {
+    if crate::mutation::active(Mutation::SkipTermCheck) {
+        // The bug: a step is taken as the open cycle's own, whoever proposed it.
+        let mut forged = command.clone();
+        if let Some(step) = forged.op.step_mut()
+            && let Some(open) = inner.state.cert(&step.cert).and_then(|r| r.open.as_deref())
+        {
+            step.term = open.term;
+        }
+        let (response, events) = apply(&mut inner.state, &forged);
+        inner.events.extend(events);
+        return response;
+    }
+    if let Some(rejection) = check_entry_term(command, entry_term) {
+        return Response::Rejected(rejection);
+    }
+    let (response, events) = apply(&mut inner.state, command);
+    inner.events.extend(events);
+    response
+}
+
 impl RaftStateMachine<TypeConfig> for StateMachineStore {
     type SnapshotBuilder = SnapshotBuilder;
 
@@ -147,14 +211,23 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                         Response::Accepted
                     }
                     EntryPayload::Normal(command) => {
-                        match check_entry_term(&command, entry.log_id.leader_id.term) {
-                            Some(rejection) => Response::Rejected(rejection),
-                            None => {
-                                let (response, events) = apply(&mut inner.state, &command);
-                                inner.events.extend(events);
-                                response
-                            }
+                        let inner = &mut *inner;
+                        let open_before = self.observer.as_ref().and_then(|_| {
+                            let open = inner.state.cert(command.op.cert()?)?.open.as_deref()?;
+                            Some((open.cycle, open.term))
+                        });
+                        let response = apply_entry(inner, &command, entry.log_id.leader_id.term);
+                        if let Some(observer) = &self.observer {
+                            observer(&AppliedEntry {
+                                index: entry.log_id.index,
+                                entry_term: entry.log_id.leader_id.term,
+                                command: &command,
+                                response: &response,
+                                open_before,
+                                state: &inner.state,
+                            });
                         }
+                        response
                     }
                 };
                 responses.push(response);
