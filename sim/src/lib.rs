@@ -17,8 +17,12 @@
 //! Not yet: the leader's node driver and the simulated CA, so the order-cycle invariants
 //! (I1, I2, I6–I10, I12, I13) and the checker mutations are still to come (issue #4).
 
+pub mod ca;
 #[cfg(madsim)]
 pub mod cluster;
+pub mod invariants;
+pub mod journal;
 pub mod options;
+pub mod scenario;
 
 pub use options::SimOptions;

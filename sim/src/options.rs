@@ -2,7 +2,10 @@
 
 use std::fmt;
 
+use certfleet::mutation::Mutation;
 use certfleet_core::time::mix;
+
+use crate::ca::Window;
 
 /// The shape of one simulation run.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -13,16 +16,42 @@ pub struct SimOptions {
     pub voters: u64,
     /// Edge learners: 1 to 3.
     pub edges: u64,
-    /// Certificate writes in the workload.
+    /// Certificate writes in the workload (adds, then modifications and removals).
     pub writes: u64,
-    /// Crash-and-restart faults during the workload.
+    /// Of those, the share sent at once at the start (a bulk import), in percent.
+    pub bulk_percent: u64,
+    /// Crash-and-restart faults during the safety phase.
     pub crashes: u64,
-    /// Network clog faults during the workload.
+    /// Of those, the ones with a long outage (minutes: the node falls far behind), in percent.
+    pub long_outage_percent: u64,
+    /// Single-node isolations.
     pub clogs: u64,
+    /// Partitions of the hosts into two sides (symmetric or one-way).
+    pub partitions: u64,
+    /// Process pauses (the node stops, its peers time out, it resumes where it was).
+    pub pauses: u64,
+    /// Largest one-way network latency in milliseconds (madsim's send latency is 1..this).
+    pub latency_ms_max: u64,
     /// Virtual milliseconds between log syncs on every node (writes in between die in a crash).
     pub sync_interval_ms: u64,
     /// Unsynced entries a crash keeps (a torn write), at most.
     pub torn_keep_max: usize,
+    /// Largest clock error of any node, in milliseconds (offset, drift and jumps together).
+    pub skew_ms_max: u64,
+    /// Clock step jumps during the safety phase.
+    pub clock_jumps: u64,
+    /// CA downtime windows.
+    pub ca_down: u64,
+    /// Injected account-wide 429s on `newOrder`.
+    pub ca_rate_limited: u64,
+    /// Orders whose authorizations the CA makes invalid.
+    pub ca_invalid_authz: u32,
+    /// Finalize responses the CA loses.
+    pub ca_lost_finalize: u32,
+    /// Protocol windows in which the leader is killed (SIMULATION "targeted kills").
+    pub kill_windows: Vec<Window>,
+    /// A known bug switched back on (tests and `--mutation`; never drawn from the seed).
+    pub mutation: Option<Mutation>,
 }
 
 impl SimOptions {
@@ -30,33 +59,78 @@ impl SimOptions {
     #[must_use]
     pub fn from_seed(seed: u64) -> Self {
         let draw = |what: &[u8], bound: u64| mix(seed, what, 0) % bound;
+        let kill_windows = Window::ALL
+            .into_iter()
+            .filter(|w| draw(w.name().as_bytes(), 3) == 0)
+            .collect();
         Self {
             seed,
             voters: if draw(b"voters", 2) == 0 { 3 } else { 5 },
             edges: 1 + draw(b"edges", 3),
             writes: 20 + draw(b"writes", 60),
-            crashes: draw(b"crashes", 4),
+            bulk_percent: 20 + draw(b"bulk", 60),
+            crashes: draw(b"crashes", 6),
+            long_outage_percent: draw(b"long-outage", 50),
             clogs: draw(b"clogs", 4),
+            partitions: draw(b"partitions", 3),
+            pauses: draw(b"pauses", 3),
+            latency_ms_max: 1 + draw(b"latency", 100),
             sync_interval_ms: 1 + draw(b"sync", 30),
             torn_keep_max: draw(b"torn", 3) as usize,
+            skew_ms_max: if draw(b"skewed", 4) == 0 {
+                0
+            } else {
+                2_000 + draw(b"skew", 58_000)
+            },
+            clock_jumps: draw(b"clock-jumps", 3),
+            ca_down: draw(b"ca-down", 3),
+            ca_rate_limited: draw(b"ca-429", 4),
+            ca_invalid_authz: draw(b"ca-invalid", 4) as u32,
+            ca_lost_finalize: draw(b"ca-lost", 3) as u32,
+            kill_windows,
+            mutation: None,
         }
+    }
+
+    /// The same options with `mutation` switched on.
+    #[must_use]
+    pub fn with_mutation(mut self, mutation: Option<Mutation>) -> Self {
+        self.mutation = mutation;
+        self
     }
 }
 
 impl fmt::Display for SimOptions {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kills: Vec<&str> = self.kill_windows.iter().map(|w| w.name()).collect();
         write!(
             f,
-            "seed={} voters={} edges={} writes={} crashes={} clogs={} sync_ms={} torn_max={}",
+            "seed={} voters={} edges={} writes={} bulk={}% crashes={} long={}% clogs={} partitions={} pauses={} latency_ms<={} sync_ms={} torn_max={} skew_ms<={} jumps={} ca_down={} ca_429={} ca_invalid={} ca_lost_finalize={} kills=[{}]",
             self.seed,
             self.voters,
             self.edges,
             self.writes,
+            self.bulk_percent,
             self.crashes,
+            self.long_outage_percent,
             self.clogs,
+            self.partitions,
+            self.pauses,
+            self.latency_ms_max,
             self.sync_interval_ms,
-            self.torn_keep_max
-        )
+            self.torn_keep_max,
+            self.skew_ms_max,
+            self.clock_jumps,
+            self.ca_down,
+            self.ca_rate_limited,
+            self.ca_invalid_authz,
+            self.ca_lost_finalize,
+            kills.join(",")
+        )?;
+        if let Some(mutation) = self.mutation {
+            write!(f, " mutation={}", mutation.name())?;
+        }
+        Ok(())
     }
 }
 
@@ -72,6 +146,8 @@ mod tests {
             assert!(matches!(options.voters, 3 | 5));
             assert!((1..=3).contains(&options.edges));
             assert!((20..80).contains(&options.writes));
+            assert!(options.skew_ms_max < 60_000);
+            assert!(options.mutation.is_none());
         }
         let shapes: std::collections::BTreeSet<(u64, u64)> = (0..100)
             .map(|s| {
@@ -80,5 +156,18 @@ mod tests {
             })
             .collect();
         assert_eq!(shapes.len(), 6, "every topology appears");
+    }
+
+    #[test]
+    fn every_fault_class_is_drawn_by_some_seed_of_a_small_batch() {
+        let batch: Vec<SimOptions> = (0..50).map(SimOptions::from_seed).collect();
+        assert!(batch.iter().any(|o| o.crashes > 0));
+        assert!(batch.iter().any(|o| o.partitions > 0));
+        assert!(batch.iter().any(|o| o.pauses > 0));
+        assert!(batch.iter().any(|o| o.skew_ms_max > 0 && o.clock_jumps > 0));
+        assert!(batch.iter().any(|o| o.ca_down > 0 && o.ca_rate_limited > 0));
+        for window in Window::ALL {
+            assert!(batch.iter().any(|o| o.kill_windows.contains(&window)));
+        }
     }
 }

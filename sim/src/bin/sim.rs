@@ -1,9 +1,16 @@
 //! The seed runner. Interface (fixed; scripts rely on it):
 //!
-//! * `certfleet-sim --seeds A..B`: one line per seed, then exactly `N seeds, M violations`; a
-//!   failing seed prints the one command that replays it.
-//! * `certfleet-sim --seed S`: the run's lines, then `digest: <hex>` (byte-identical on every
-//!   run of that seed).
+//! * `certfleet-sim --seeds A..B [--jobs N] [--mutation NAME]`: one line per seed, then
+//!   exactly `N seeds, M violations`; a failing seed prints the one command that replays it.
+//! * `certfleet-sim --seed S [--mutation NAME] [--scenario NAME] [--quiet]`: the seed's line,
+//!   its trace (not with `--quiet`), then `digest: <hex>` (byte-identical on every run of that
+//!   seed).
+//!
+//! Every seed runs in a process of its own: tokio's and futures' `select!` seed their
+//! branch-order RNG from a process-wide counter, so a second run in one process starts from
+//! what the first left behind, and a seed's trace would depend on the seeds before it. A
+//! batch therefore runs `certfleet-sim --seed S --quiet` once per seed (`--jobs` at a time)
+//! and reads its lines.
 //!
 //! It must be built with `RUSTFLAGS="--cfg madsim"` (see the crate docs).
 
@@ -11,72 +18,299 @@ use std::process::ExitCode;
 
 #[cfg(madsim)]
 fn main() -> ExitCode {
+    match Args::parse(std::env::args().skip(1).collect()) {
+        Ok(args) if args.seeds.end - args.seeds.start == 1 && args.single => one(&args),
+        Ok(args) => batch(&args),
+        Err(problem) => usage(&problem),
+    }
+}
+
+#[cfg(madsim)]
+struct Args {
+    seeds: std::ops::Range<u64>,
+    single: bool,
+    quiet: bool,
+    jobs: usize,
+    mutation: Option<certfleet::mutation::Mutation>,
+    scenario: Option<String>,
+}
+
+#[cfg(madsim)]
+impl Args {
+    fn parse(args: Vec<String>) -> Result<Self, String> {
+        use certfleet::mutation::Mutation;
+        let mut parsed = Self {
+            seeds: 0..0,
+            single: false,
+            quiet: false,
+            jobs: 1,
+            mutation: None,
+            scenario: None,
+        };
+        let mut args = args.into_iter();
+        while let Some(flag) = args.next() {
+            let mut value = || args.next().ok_or(format!("{flag} takes a value"));
+            match flag.as_str() {
+                "--seed" => {
+                    let value = value()?;
+                    let seed: u64 = value
+                        .parse()
+                        .map_err(|_| format!("--seed takes a number, not {value:?}"))?;
+                    parsed.seeds = seed..seed + 1;
+                    parsed.single = true;
+                }
+                "--seeds" => {
+                    let value = value()?;
+                    parsed.seeds = parse_range(&value)
+                        .ok_or(format!("--seeds takes A..B with A < B, not {value:?}"))?;
+                }
+                "--jobs" => {
+                    let value = value()?;
+                    parsed.jobs = value
+                        .parse()
+                        .ok()
+                        .filter(|jobs| *jobs > 0)
+                        .ok_or(format!("--jobs takes a positive number, not {value:?}"))?;
+                }
+                "--mutation" => {
+                    let value = value()?;
+                    let names: Vec<&str> = Mutation::ALL.iter().map(|m| m.name()).collect();
+                    parsed.mutation = Some(Mutation::parse(&value).ok_or(format!(
+                        "no mutation {value:?}; known: {}",
+                        names.join(", ")
+                    ))?);
+                }
+                "--scenario" => parsed.scenario = Some(value()?),
+                "--quiet" => parsed.quiet = true,
+                other => return Err(format!("unknown argument {other:?}")),
+            }
+        }
+        if parsed.seeds.is_empty() {
+            return Err("expected --seed S or --seeds A..B".into());
+        }
+        Ok(parsed)
+    }
+
+    /// The flags that reproduce this run for one seed.
+    fn replay_flags(&self) -> String {
+        let mut flags = String::new();
+        if let Some(mutation) = self.mutation {
+            flags.push_str(&format!(" --mutation {}", mutation.name()));
+        }
+        if let Some(scenario) = &self.scenario {
+            flags.push_str(&format!(" --scenario {scenario}"));
+        }
+        flags
+    }
+}
+
+/// Runs one seed in this process.
+#[cfg(madsim)]
+fn one(args: &Args) -> ExitCode {
     use certfleet_sim::SimOptions;
     use certfleet_sim::cluster::{self, hex};
+    use certfleet_sim::scenario::{self, KillReport};
 
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let (range, single) = match args.as_slice() {
-        [flag, value] if flag == "--seed" => match value.parse::<u64>() {
-            Ok(seed) => (seed..seed + 1, true),
-            Err(_) => return usage(&format!("--seed takes a number, not {value:?}")),
-        },
-        [flag, value] if flag == "--seeds" => match parse_range(value) {
-            Some(range) => (range, false),
-            None => return usage(&format!("--seeds takes A..B, not {value:?}")),
-        },
-        _ => return usage("expected --seed S or --seeds A..B"),
-    };
-    let mut violations = 0u64;
-    let mut runs = 0u64;
-    for seed in range {
-        let options = SimOptions::from_seed(seed);
-        let mut runtime =
-            madsim::runtime::Runtime::with_seed_and_config(seed, madsim::Config::default());
-        // A run that does not finish within this much virtual time is stuck: a liveness bug.
-        runtime.set_time_limit(std::time::Duration::from_secs(cluster::VIRTUAL_SECS_MAX));
-        let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            runtime.block_on(async move { cluster::run(&options).await })
-        }));
-        let outcome = match run {
-            Ok(outcome) => outcome,
-            Err(panic) => cluster::Outcome::panicked(&*panic),
-        };
-        runs += 1;
-        let digest = hex(&outcome.trace_digest);
-        let summary = format!(
-            "acked={} unknown={} cycles={} orders={} leader_changes={} lost={} torn={}",
-            outcome.acknowledged,
-            outcome.unknown,
-            outcome.cycles,
-            outcome.orders,
-            outcome.leader_changes,
-            outcome.entries_lost,
-            outcome.entries_torn
-        );
-        if outcome.violations.is_empty() {
-            println!("seed {seed} ok {summary} digest={}", &digest[..16]);
-        } else {
-            violations += outcome.violations.len() as u64;
-            println!("seed {seed} FAILED {summary}");
-            for violation in &outcome.violations {
-                println!("  {violation}");
+    let seed = args.seeds.start;
+    let options = match &args.scenario {
+        None => SimOptions::from_seed(seed),
+        Some(name) => match scenario::named(name, seed) {
+            Some(options) => options,
+            None => {
+                return usage(&format!(
+                    "no scenario {name:?}; known: kill-after-new-order, kill-after-challenges-ready, kill-after-finalize"
+                ));
             }
-            println!(
-                "  replay: RUSTFLAGS=\"--cfg madsim\" CARGO_TARGET_DIR=$HOME/.cache/certfleet/madsim cargo run -p certfleet-sim --release -- --seed {seed}"
-            );
+        },
+    }
+    .with_mutation(args.mutation);
+    let outcome = cluster::run_seed(&options);
+    let digest = hex(&outcome.trace_digest);
+    let summary = format!(
+        "acked={} unknown={} cycles={} orders={} leader_changes={} lost={} torn={}",
+        outcome.acknowledged,
+        outcome.unknown,
+        outcome.cycles,
+        outcome.orders,
+        outcome.leader_changes,
+        outcome.entries_lost,
+        outcome.entries_torn
+    );
+    if outcome.violations.is_empty() {
+        println!("seed {seed} ok {summary} digest={}", &digest[..16]);
+    } else {
+        println!("seed {seed} FAILED {summary}");
+        for violation in &outcome.violations {
+            println!("  {violation}");
         }
-        if single {
-            print!("{}", outcome.trace);
-            println!("digest: {digest}");
+        println!("  replay: {}", replay_command(seed, args));
+    }
+    if args.scenario.is_some() {
+        match KillReport::of(&outcome.journal, &outcome.books) {
+            Some(report) => println!("scenario: {report}"),
+            None => println!("scenario: no kill fired"),
         }
     }
-    println!("{runs} seeds, {violations} violations");
-    if violations == 0 {
+    let fired: Vec<String> = outcome
+        .faults_fired
+        .iter()
+        .map(|(class, count)| format!("{class}:{count}"))
+        .collect();
+    println!(
+        "stats: violations={} cycles={} orders={} virtual_ms={} fired={}",
+        outcome.violations.len(),
+        outcome.cycles,
+        outcome.orders,
+        outcome.virtual_ms,
+        fired.join(",")
+    );
+    if !args.quiet {
+        print!("{}", outcome.trace);
+    }
+    println!("digest: {digest}");
+    if outcome.violations.is_empty() {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
     }
 }
+
+#[cfg(madsim)]
+fn replay_command(seed: u64, args: &Args) -> String {
+    format!(
+        "RUSTFLAGS=\"--cfg madsim\" CARGO_TARGET_DIR=$HOME/.cache/certfleet/madsim cargo run -p certfleet-sim --release -- --seed {seed}{}",
+        args.replay_flags()
+    )
+}
+
+/// Runs every seed of the range in a child process of its own, `--jobs` at a time, and
+/// prints their lines in seed order.
+#[cfg(madsim)]
+fn batch(args: &Args) -> ExitCode {
+    use std::process::{Command, Stdio};
+
+    let exe = match std::env::current_exe() {
+        Ok(exe) => exe,
+        Err(error) => return usage(&format!("cannot find this program to run seeds: {error}")),
+    };
+    let wall = std::time::Instant::now();
+    let mut totals = Totals::default();
+    let seeds: Vec<u64> = args.seeds.clone().collect();
+    for chunk in seeds.chunks(args.jobs) {
+        let children: Vec<(u64, std::io::Result<std::process::Child>)> = chunk
+            .iter()
+            .map(|&seed| {
+                let mut command = Command::new(&exe);
+                command
+                    .args(["--seed", &seed.to_string(), "--quiet"])
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::null());
+                if let Some(mutation) = args.mutation {
+                    command.args(["--mutation", mutation.name()]);
+                }
+                (seed, command.spawn())
+            })
+            .collect();
+        for (seed, child) in children {
+            let output = child.and_then(std::process::Child::wait_with_output);
+            let text = match &output {
+                Ok(output) => String::from_utf8_lossy(&output.stdout).into_owned(),
+                Err(_) => String::new(),
+            };
+            let mut seen = false;
+            for line in text.lines() {
+                if let Some(stats) = line.strip_prefix("stats: ") {
+                    totals.add(stats);
+                } else if !line.starts_with("digest: ") {
+                    seen |= line.starts_with("seed ");
+                    println!("{line}");
+                }
+            }
+            if !seen {
+                // The child died before reporting (an abort, a signal): a violation too.
+                let status = output.map_or_else(|e| e.to_string(), |o| o.status.to_string());
+                println!("seed {seed} FAILED the run did not report ({status})");
+                println!("  replay: {}", replay_command(seed, args));
+                totals.violations += 1;
+            }
+            totals.runs += 1;
+        }
+    }
+    // A batch in which a fault class never fired tested less than it claims (SIMULATION
+    // "Faults"); small batches are exempt.
+    if totals.runs >= BATCH_RUNS_MIN && args.mutation.is_none() {
+        for class in certfleet_sim::cluster::FAULT_CLASSES {
+            if totals.fired.get(class).copied().unwrap_or(0) == 0 {
+                println!("fault class {class} never fired in {} seeds", totals.runs);
+                totals.violations += 1;
+            }
+        }
+    }
+    let fired: Vec<String> = totals
+        .fired
+        .iter()
+        .map(|(class, count)| format!("{class}={count}"))
+        .collect();
+    println!("faults fired: {}", fired.join(" "));
+    println!(
+        "{} cycles, {} orders ({:.5} orders per cycle); {:.1} virtual hours ({:.2} per seed); {:.1} seeds per minute",
+        totals.cycles,
+        totals.orders,
+        totals.orders as f64 / totals.cycles.max(1) as f64,
+        totals.virtual_ms as f64 / 3_600_000.0,
+        totals.virtual_ms as f64 / 3_600_000.0 / totals.runs.max(1) as f64,
+        totals.runs as f64 * 60.0 / wall.elapsed().as_secs_f64().max(0.001)
+    );
+    println!("{} seeds, {} violations", totals.runs, totals.violations);
+    if totals.violations == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+#[cfg(madsim)]
+#[derive(Default)]
+struct Totals {
+    runs: u64,
+    violations: u64,
+    cycles: u64,
+    orders: u64,
+    virtual_ms: u64,
+    fired: std::collections::BTreeMap<String, u64>,
+}
+
+#[cfg(madsim)]
+impl Totals {
+    /// Adds a child's `stats:` line (`violations=1 cycles=2 … fired=a:1,b:2`).
+    fn add(&mut self, stats: &str) {
+        for field in stats.split_whitespace() {
+            let Some((key, value)) = field.split_once('=') else {
+                continue;
+            };
+            let number = value.parse::<u64>().unwrap_or(0);
+            match key {
+                "violations" => self.violations += number,
+                "cycles" => self.cycles += number,
+                "orders" => self.orders += number,
+                "virtual_ms" => self.virtual_ms += number,
+                "fired" => {
+                    for pair in value.split(',') {
+                        if let Some((class, count)) = pair.split_once(':') {
+                            *self.fired.entry(class.to_owned()).or_default() +=
+                                count.parse::<u64>().unwrap_or(0);
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+/// Batches at least this large must fire every fault class.
+#[cfg(madsim)]
+const BATCH_RUNS_MIN: u64 = 50;
 
 #[cfg(madsim)]
 fn parse_range(text: &str) -> Option<std::ops::Range<u64>> {
@@ -87,7 +321,9 @@ fn parse_range(text: &str) -> Option<std::ops::Range<u64>> {
 
 #[cfg(madsim)]
 fn usage(problem: &str) -> ExitCode {
-    eprintln!("certfleet-sim: {problem}\nusage: certfleet-sim --seed S | --seeds A..B");
+    eprintln!(
+        "certfleet-sim: {problem}\nusage: certfleet-sim --seeds A..B [--jobs N] [--mutation NAME]\n       certfleet-sim --seed S [--mutation NAME] [--scenario NAME] [--quiet]"
+    );
     ExitCode::from(2)
 }
 

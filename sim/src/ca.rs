@@ -1,0 +1,610 @@
+//! The simulated CA: the core's model CA behind the node's [`Acme`] trait, with what a real
+//! CA adds that the checkers need (SIMULATION "Faults: CA").
+//!
+//! * **Its own clock.** The CA stamps certificates and rate limits with true (simulated) time;
+//!   the leader's clock, skewed, only turns a `Retry-After` into the instant it reports back,
+//!   as a real adapter does with the relative header.
+//! * **Let's Encrypt-like limits**, kept independently of the cluster's budgets (a GCRA per
+//!   account for new orders, per identifier set for duplicate certificates). A 429 from a limit
+//!   is certfleet's own pacing failing (I8).
+//! * **Retry-After bookkeeping**: a request for a resource before the `Retry-After` it last
+//!   received is an I9 violation.
+//! * **Validation through the load balancer**: marking a challenge ready makes the CA ask one
+//!   node, picked from the seed, for the answer, reading that node's applied state (I7). A miss
+//!   fails the authorization, as it would at a real CA.
+//! * **Injected faults**: downtime windows (503 with `Retry-After`), 429 bursts, invalid
+//!   authorizations, lost finalize responses; and a hook that kills the leader inside a protocol
+//!   window, for the harness to act on.
+//!
+//! The wire-level RFC 8555 CA that instant-acme talks to replaces the model underneath with
+//! issue #5; the books and checks here stay.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+use certfleet::node::{Acme, Clock, SystemClock};
+use certfleet::raft::StateMachineStore;
+use certfleet_core::budget::Rate;
+use certfleet_core::command::AriWindow;
+use certfleet_core::order::{Action, CaError, Outcome};
+use certfleet_core::testing::ModelCa;
+use certfleet_core::time::mix;
+use certfleet_core::{CertId, Cycle, UnixMillis};
+
+/// A protocol window in which the harness may kill the leader (SIMULATION "Process").
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Window {
+    /// After the CA created the order, before `OrderCreated` commits.
+    AfterNewOrder,
+    /// After `ChallengesPublished` committed and the CA was told they are ready.
+    AfterChallengesReady,
+    /// After the CA finalized the order, before `CertIssued` commits.
+    AfterFinalize,
+}
+
+impl Window {
+    /// Every window.
+    pub const ALL: [Self; 3] = [
+        Self::AfterNewOrder,
+        Self::AfterChallengesReady,
+        Self::AfterFinalize,
+    ];
+
+    /// A short name for traces.
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::AfterNewOrder => "after-new-order",
+            Self::AfterChallengesReady => "after-challenges-ready",
+            Self::AfterFinalize => "after-finalize",
+        }
+    }
+}
+
+/// A request to kill the leader now: the CA has just done `window`'s call.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KillRequest {
+    /// The window.
+    pub window: Window,
+    /// The order the call was about (for "the next leader resumes the same order").
+    pub order_url: String,
+}
+
+/// Faults the CA injects, from the seed.
+#[derive(Clone, Debug, Default)]
+pub struct CaFaultPlan {
+    /// Downtime windows, in true time: every call answers 503 with a `Retry-After`.
+    pub down: Vec<(UnixMillis, UnixMillis)>,
+    /// From each instant, the next `newOrder` gets an account-wide 429 with this `Retry-After`
+    /// (ms).
+    pub rate_limited: Vec<(UnixMillis, u64)>,
+    /// Orders whose authorizations the CA makes invalid.
+    pub invalid_authz: u32,
+    /// Finalize responses the CA loses (it did finalize).
+    pub lost_finalize: u32,
+    /// Leader kills to request, one per window in order, each at the first matching call.
+    pub kills: Vec<Window>,
+}
+
+/// A node the load balancer can send the CA's validation request to.
+#[derive(Clone, Debug)]
+pub struct Backend {
+    /// The node's applied state.
+    pub state_machine: StateMachineStore,
+    /// True time its process started.
+    pub started_at: UnixMillis,
+}
+
+/// What the CA saw: the books the invariants read.
+#[derive(Clone, Debug, Default)]
+pub struct CaBooks {
+    /// Orders created per (certificate, cycle) (I1).
+    pub orders_by_cycle: BTreeMap<(CertId, Cycle), u64>,
+    /// Orders created.
+    pub orders: u64,
+    /// Validation requests sent to nodes.
+    pub validations: u64,
+    /// Misses after the leader went ahead of lagging members (counted, allowed: I7).
+    pub misses_after_timeout: u64,
+    /// Misses at a node that restarted after acknowledging (counted, allowed: I7).
+    pub misses_after_restart: u64,
+    /// Misses of a challenge no node holds any more: a deposed leader's late call (counted,
+    /// allowed: I7).
+    pub misses_withdrawn: u64,
+    /// Misses nothing excuses (I7 violations).
+    pub misses: Vec<String>,
+    /// 429s from the CA's limits, not injected (I8 violations).
+    pub pacing_429s: Vec<String>,
+    /// Requests before a received `Retry-After` (I9 violations).
+    pub early_requests: Vec<String>,
+    /// Requests shortly after an account-wide `Retry-After` was sent, while the cluster could
+    /// not yet know of it (other cycles' calls already under way; counted, allowed).
+    pub early_requests_in_flight: u64,
+    /// Injected faults that fired, by kind.
+    pub faults_fired: BTreeMap<&'static str, u64>,
+    /// Kill requests made.
+    pub kills: Vec<KillRequest>,
+}
+
+/// How long after restarting a node may miss a challenge it acknowledged before (its own
+/// replay may be behind the acknowledgment it gave in its previous life). The leader's apply
+/// wait plus the time to mark ready.
+pub const RESTART_EXCUSE_MS: u64 = 5_000;
+/// How long other cycles' calls already under way may follow an account-wide 429: the 429
+/// reaches the rest of the cluster through a commit (one write deadline).
+pub const RETRY_AFTER_PROPAGATION_MS: u64 = 6_000;
+
+/// The simulated CA.
+pub struct SimCa {
+    inner: Mutex<Inner>,
+    kill_tx: tokio::sync::mpsc::UnboundedSender<KillRequest>,
+}
+
+struct Inner {
+    model: ModelCa,
+    faults: CaFaultPlan,
+    new_orders: Rate,
+    certs_per_set: Rate,
+    /// GCRA arrival times, per limit key.
+    arrivals: BTreeMap<String, UnixMillis>,
+    /// Retry-After instants (true time) handed out, per resource.
+    blocked_until: BTreeMap<String, (UnixMillis, bool)>,
+    backends: BTreeMap<u64, Backend>,
+    seed: u64,
+    picks: u64,
+    /// True time the CA started (traces show times relative to it).
+    origin: UnixMillis,
+    skew_ms_max: u64,
+    books: CaBooks,
+}
+
+impl std::fmt::Debug for SimCa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SimCa").finish_non_exhaustive()
+    }
+}
+
+impl SimCa {
+    /// A CA issuing `lifetime_ms` certificates, limiting new orders and duplicate certificates
+    /// to the given rates, injecting `faults`; kill requests go to `kill_tx`. Requests up to
+    /// `skew_ms_max` early count as on time (the leader's clock may be that far ahead).
+    #[must_use]
+    pub fn new(
+        lifetime_ms: u64,
+        limits: (Rate, Rate),
+        faults: CaFaultPlan,
+        seed: u64,
+        skew_ms_max: u64,
+        kill_tx: tokio::sync::mpsc::UnboundedSender<KillRequest>,
+    ) -> Self {
+        let mut model = ModelCa::new(lifetime_ms);
+        model.faults.invalid_authz = faults.invalid_authz;
+        model.faults.lose_finalize_response = faults.lost_finalize;
+        Self {
+            inner: Mutex::new(Inner {
+                model,
+                faults,
+                new_orders: limits.0,
+                certs_per_set: limits.1,
+                arrivals: BTreeMap::new(),
+                blocked_until: BTreeMap::new(),
+                backends: BTreeMap::new(),
+                seed,
+                picks: 0,
+                origin: SystemClock.now(),
+                skew_ms_max,
+                books: CaBooks::default(),
+            }),
+            kill_tx,
+        }
+    }
+
+    fn inner(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Puts a node behind the load balancer (at its start).
+    pub fn add_backend(&self, host: u64, backend: Backend) {
+        self.inner().backends.insert(host, backend);
+    }
+
+    /// Takes a node out (at its crash).
+    pub fn remove_backend(&self, host: u64) {
+        self.inner().backends.remove(&host);
+    }
+
+    /// A copy of the books.
+    #[must_use]
+    pub fn books(&self) -> CaBooks {
+        let inner = self.inner();
+        let mut books = inner.books.clone();
+        let model = &inner.model;
+        books.faults_fired.insert(
+            "invalid-authz",
+            u64::from(inner.faults.invalid_authz - model.faults.invalid_authz),
+        );
+        books.faults_fired.insert(
+            "lost-finalize",
+            u64::from(inner.faults.lost_finalize - model.faults.lose_finalize_response),
+        );
+        books
+    }
+
+    /// Drops every remaining injected fault (the liveness phase heals the CA).
+    pub fn heal(&self) {
+        let mut inner = self.inner();
+        inner.faults.down.clear();
+        inner.faults.rate_limited.clear();
+        inner.faults.kills.clear();
+        // What was planned but never fired is no longer planned (the books count what fired).
+        inner.faults.invalid_authz -= inner.model.faults.invalid_authz;
+        inner.faults.lost_finalize -= inner.model.faults.lose_finalize_response;
+        inner.model.faults.invalid_authz = 0;
+        inner.model.faults.lose_finalize_response = 0;
+    }
+}
+
+/// The resource a call is about, for `Retry-After` bookkeeping, and whether a 429 on it covers
+/// the whole account.
+fn resource(action: &Action) -> String {
+    match action {
+        Action::CreateOrder { cert, .. } => format!("newOrder {cert}"),
+        Action::FetchOrder { order_url } | Action::Finalize { order_url, .. } => order_url.clone(),
+        Action::FetchAuthorizations { urls } | Action::MarkReady { urls, .. } => {
+            urls.first().cloned().unwrap_or_default()
+        }
+        Action::Download { certificate_url } => certificate_url.clone(),
+        _ => String::new(),
+    }
+}
+
+const ACCOUNT: &str = "account";
+
+fn refused(status: u16, kind: &str, detail: String, retry_at: UnixMillis, wide: bool) -> Outcome {
+    Outcome::Failed(CaError {
+        status: Some(status),
+        problem: Some(format!("urn:ietf:params:acme:error:{kind}")),
+        detail,
+        retry_at: Some(retry_at),
+        account_wide: wide,
+    })
+}
+
+impl Inner {
+    /// I9: a call for a resource (or, for new orders, the account) before its Retry-After.
+    fn check_retry_after(&mut self, action: &Action, key: &str, true_now: UnixMillis) {
+        let mut keys = vec![key.to_owned()];
+        if matches!(action, Action::CreateOrder { .. }) {
+            keys.push(ACCOUNT.into());
+        }
+        for key in keys {
+            let Some(&(until, account_wide)) = self.blocked_until.get(&key) else {
+                continue;
+            };
+            // Two clocks may each be off by the bound, in opposite directions.
+            if true_now.0 + 2 * self.skew_ms_max >= until.0 {
+                continue;
+            }
+            if account_wide && self.recently_blocked(&key, true_now) {
+                self.books.early_requests_in_flight += 1;
+                continue;
+            }
+            self.books.early_requests.push(format!(
+                "{} for {key} at +{} ms, {} ms before the Retry-After",
+                action_name(action),
+                true_now.ms_since(self.origin),
+                until.ms_since(true_now)
+            ));
+        }
+    }
+
+    fn recently_blocked(&self, key: &str, true_now: UnixMillis) -> bool {
+        self.arrivals
+            .get(&format!("sent {key}"))
+            .is_some_and(|sent| true_now.ms_since(*sent) <= RETRY_AFTER_PROPAGATION_MS)
+    }
+
+    fn block(&mut self, key: &str, until: UnixMillis, account_wide: bool, true_now: UnixMillis) {
+        self.blocked_until
+            .insert(key.to_owned(), (until, account_wide));
+        self.arrivals.insert(format!("sent {key}"), true_now);
+    }
+
+    /// A GCRA limit (as Let's Encrypt's): `Some(retry_at)` when `key` is over `rate`; else,
+    /// with `take`, counts one event.
+    fn over_limit(
+        &mut self,
+        key: &str,
+        rate: Rate,
+        true_now: UnixMillis,
+        take: bool,
+    ) -> Option<UnixMillis> {
+        let interval = rate.interval_ms();
+        let burst = interval * u64::from(rate.count.max(1));
+        let arrival = self
+            .arrivals
+            .get(key)
+            .copied()
+            .unwrap_or(true_now)
+            .max(true_now);
+        let after = arrival.plus_ms(interval);
+        if after.ms_since(true_now) > burst {
+            return Some(arrival.plus_ms(interval).minus_ms(burst));
+        }
+        if take {
+            self.arrivals.insert(key.to_owned(), after);
+        }
+        None
+    }
+
+    /// Picks the node the load balancer sends the validation request to, and checks its answer.
+    fn validate(&mut self, urls: &[String], members_behind: u32, true_now: UnixMillis) {
+        for url in urls {
+            self.books.validations += 1;
+            self.picks += 1;
+            let hosts: Vec<u64> = self.backends.keys().copied().collect();
+            if hosts.is_empty() {
+                continue;
+            }
+            let pick = mix(self.seed, b"load-balancer", self.picks) % hosts.len() as u64;
+            let host = hosts[pick as usize];
+            let (token, key_authorization) = ModelCa::expected_answer(url);
+            let holds = |backend: &Backend| {
+                backend.state_machine.read(|state| {
+                    state
+                        .challenges()
+                        .any(|(_, c)| c.token == token && c.key_authorization == key_authorization)
+                })
+            };
+            let backend = &self.backends[&host];
+            if holds(backend) {
+                continue;
+            }
+            // The node furthest along is the committed state's best witness.
+            let furthest = self
+                .backends
+                .values()
+                .max_by_key(|b| *b.state_machine.applied_index().borrow());
+            let held_anywhere = furthest.is_some_and(holds);
+            self.model.fail_validation(url);
+            if !held_anywhere {
+                // The furthest node does not hold it: the cycle moved on (failed, taken over) and the call came
+                // from a leader that was deposed without knowing it yet. Raft fences commits,
+                // not calls to the CA (DESIGN §5).
+                self.books.misses_withdrawn += 1;
+            } else if members_behind > 0 {
+                self.books.misses_after_timeout += 1;
+            } else if true_now.ms_since(backend.started_at) <= RESTART_EXCUSE_MS {
+                self.books.misses_after_restart += 1;
+            } else {
+                let applied = *backend.state_machine.applied_index().borrow();
+                self.books.misses.push(format!(
+                    "n{host} had no answer for {token} at {true_now} though the leader reported every member applied it (n{host} applied index {applied}, up for {} ms)",
+                    true_now.ms_since(backend.started_at)
+                ));
+            }
+        }
+    }
+}
+
+fn action_name(action: &Action) -> &'static str {
+    match action {
+        Action::CreateOrder { .. } => "newOrder",
+        Action::FetchOrder { .. } => "fetch order",
+        Action::FetchAuthorizations { .. } => "fetch authorizations",
+        Action::MarkReady { .. } => "ready",
+        Action::Finalize { .. } => "finalize",
+        Action::Download { .. } => "download",
+        _ => "other",
+    }
+}
+
+impl Acme for SimCa {
+    async fn perform(&self, action: Action, now: UnixMillis) -> Outcome {
+        let true_now = SystemClock.now();
+        let (outcome, kill) = {
+            let mut inner = self.inner();
+            let inner = &mut *inner;
+            if matches!(action, Action::PrepareKey { .. }) {
+                return inner
+                    .model
+                    .perform(&action, true_now)
+                    .unwrap_or_else(|| unreachable!("PrepareKey is the model's"));
+            }
+            let key = resource(&action);
+            inner.check_retry_after(&action, &key, true_now);
+            if let Some(&(_, end)) = inner
+                .faults
+                .down
+                .iter()
+                .find(|(start, end)| *start <= true_now && true_now < *end)
+            {
+                *inner.books.faults_fired.entry("ca-down").or_default() += 1;
+                if std::env::var_os("CERTFLEET_SIM_VERBOSE").is_some() {
+                    eprintln!(
+                        "ca +{} ms: 503 to {} ({key})",
+                        true_now.ms_since(inner.origin),
+                        action_name(&action)
+                    );
+                }
+                let retry_ms = end.ms_since(true_now).min(60_000);
+                inner.block(&key, true_now.plus_ms(retry_ms), false, true_now);
+                return refused(
+                    503,
+                    "serverInternal",
+                    "the CA is down for maintenance".into(),
+                    now.plus_ms(retry_ms),
+                    false,
+                );
+            }
+            if let Action::CreateOrder {
+                cert,
+                cycle,
+                identifiers,
+                ..
+            } = &action
+            {
+                let due = inner
+                    .faults
+                    .rate_limited
+                    .iter()
+                    .position(|(at, _)| *at <= true_now);
+                if let Some(position) = due {
+                    let (_, retry_ms) = inner.faults.rate_limited.remove(position);
+                    if std::env::var_os("CERTFLEET_SIM_VERBOSE").is_some() {
+                        eprintln!(
+                            "ca +{} ms: 429 to {cert} cycle {cycle}, Retry-After {retry_ms} ms",
+                            true_now.ms_since(inner.origin)
+                        );
+                    }
+                    *inner.books.faults_fired.entry("rate-limited").or_default() += 1;
+                    inner.block(ACCOUNT, true_now.plus_ms(retry_ms), true, true_now);
+                    return refused(
+                        429,
+                        "rateLimited",
+                        "too many new orders (injected)".into(),
+                        now.plus_ms(retry_ms),
+                        true,
+                    );
+                }
+                let (new_orders, per_set) = (inner.new_orders, inner.certs_per_set);
+                let set: Vec<String> = identifiers.iter().map(|i| i.value()).collect();
+                // Duplicate certificates count issued certificates (taken at finalize), new
+                // orders count orders.
+                let limits = [
+                    (
+                        format!("set {}", set.join(",")),
+                        per_set,
+                        false,
+                        false,
+                        "duplicate certificates",
+                    ),
+                    (
+                        ACCOUNT.to_owned(),
+                        new_orders,
+                        true,
+                        true,
+                        "new orders per account",
+                    ),
+                ];
+                for (limit_key, rate, wide, take, what) in limits {
+                    if let Some(retry_at) = inner.over_limit(&limit_key, rate, true_now, take) {
+                        inner
+                            .books
+                            .pacing_429s
+                            .push(format!("{what}: {cert} cycle {cycle} at {true_now}"));
+                        let retry_ms = retry_at.ms_since(true_now);
+                        let blocked = if wide { ACCOUNT } else { key.as_str() };
+                        inner.block(blocked, retry_at, wide, true_now);
+                        return refused(
+                            429,
+                            "rateLimited",
+                            format!("too many {what}"),
+                            now.plus_ms(retry_ms),
+                            wide,
+                        );
+                    }
+                }
+            }
+            let issued_before = match &action {
+                Action::Finalize { identifiers, .. } => {
+                    let set: Vec<String> = identifiers.iter().map(|i| i.value()).collect();
+                    inner
+                        .model
+                        .issued_per_set
+                        .get(&set.join(","))
+                        .copied()
+                        .unwrap_or(0)
+                }
+                _ => 0,
+            };
+            let outcome = match &action {
+                Action::MarkReady {
+                    urls,
+                    members_behind,
+                } => {
+                    inner.validate(urls, *members_behind, true_now);
+                    inner.model.perform(&action, true_now)
+                }
+                _ => inner.model.perform(&action, true_now),
+            }
+            .unwrap_or_else(|| unreachable!("the driver sends the CA only CA actions"));
+            if let Action::Finalize { identifiers, .. } = &action {
+                // Issued even when the response is lost: the CA counts what it signed.
+                let set: Vec<String> = identifiers.iter().map(|i| i.value()).collect();
+                let set = set.join(",");
+                let signed = inner.model.issued_per_set.get(&set).copied().unwrap_or(0);
+                if signed > issued_before {
+                    let key = format!("set {set}");
+                    let interval = inner.certs_per_set.interval_ms();
+                    let arrival = inner.arrivals.get(&key).copied().unwrap_or(true_now);
+                    inner
+                        .arrivals
+                        .insert(key, arrival.max(true_now).plus_ms(interval));
+                }
+            }
+            if std::env::var_os("CERTFLEET_SIM_VERBOSE").is_some()
+                && let Action::CreateOrder { cert, cycle, .. } = &action
+            {
+                eprintln!(
+                    "ca +{} ms: newOrder {cert} cycle {cycle}: {}",
+                    true_now.ms_since(inner.origin),
+                    match &outcome {
+                        Outcome::OrderCreated { order_url, .. } => order_url.as_str(),
+                        _ => "refused",
+                    }
+                );
+            }
+            if let (Action::CreateOrder { cert, cycle, .. }, Outcome::OrderCreated { .. }) =
+                (&action, &outcome)
+            {
+                inner.books.orders += 1;
+                *inner
+                    .books
+                    .orders_by_cycle
+                    .entry((cert.clone(), *cycle))
+                    .or_default() += 1;
+            }
+            let window = match (&action, &outcome) {
+                (Action::CreateOrder { .. }, Outcome::OrderCreated { .. }) => {
+                    Some(Window::AfterNewOrder)
+                }
+                (Action::MarkReady { .. }, Outcome::ChallengesReady) => {
+                    Some(Window::AfterChallengesReady)
+                }
+                (Action::Finalize { .. }, Outcome::Order(_)) => Some(Window::AfterFinalize),
+                _ => None,
+            };
+            let kill = window.and_then(|window| {
+                let position = inner.faults.kills.iter().position(|w| *w == window)?;
+                inner.faults.kills.remove(position);
+                let order_url = match (&action, &outcome) {
+                    (_, Outcome::OrderCreated { order_url, .. })
+                    | (Action::Finalize { order_url, .. }, _) => order_url.clone(),
+                    (Action::MarkReady { urls, .. }, _) => urls
+                        .first()
+                        .and_then(|url| url.split("/authz/").next())
+                        .unwrap_or_default()
+                        .to_owned(),
+                    _ => String::new(),
+                };
+                let request = KillRequest { window, order_url };
+                inner.books.kills.push(request.clone());
+                Some(request)
+            });
+            (outcome, kill)
+        };
+        if let Some(request) = kill {
+            let _ = self.kill_tx.send(request);
+            // The reply is on its way while the leader dies: it never gets to commit it.
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+        outcome
+    }
+
+    async fn renewal_info(&self, ari_id: &str, _now: UnixMillis) -> Option<AriWindow> {
+        self.inner().model.renewal_info(ari_id)
+    }
+}

@@ -1,0 +1,151 @@
+//! Named scenarios (SIMULATION "Process": targeted kills of the leader inside each protocol
+//! window): the options that set one up, and the facts a test checks afterwards.
+
+use std::fmt;
+
+use certfleet_core::command::Op;
+use certfleet_core::{CertId, Cycle, Term};
+
+use crate::SimOptions;
+use crate::ca::Window;
+use crate::journal::Journal;
+
+/// The options of `seed` with no fault drawn, for scenarios that inject exactly one.
+#[must_use]
+pub fn quiet(seed: u64) -> SimOptions {
+    SimOptions {
+        crashes: 0,
+        clogs: 0,
+        partitions: 0,
+        pauses: 0,
+        skew_ms_max: 0,
+        clock_jumps: 0,
+        ca_down: 0,
+        ca_rate_limited: 0,
+        ca_invalid_authz: 0,
+        ca_lost_finalize: 0,
+        kill_windows: Vec::new(),
+        writes: 20,
+        ..SimOptions::from_seed(seed)
+    }
+}
+
+/// The scenario called `name` (`kill-after-new-order`, …) on `seed`.
+#[must_use]
+pub fn named(name: &str, seed: u64) -> Option<SimOptions> {
+    let window = Window::ALL
+        .into_iter()
+        .find(|w| name.strip_prefix("kill-") == Some(w.name()))?;
+    let mut options = quiet(seed);
+    options.kill_windows = vec![window];
+    Some(options)
+}
+
+/// What happened to the cycle a leader kill hit.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KillReport {
+    /// The window.
+    pub window: Window,
+    /// The certificate.
+    pub cert: CertId,
+    /// The cycle.
+    pub cycle: Cycle,
+    /// The order the killed leader was working on.
+    pub order_url: String,
+    /// Whether that order's URL was committed (`OrderCreated`).
+    pub order_committed: bool,
+    /// Orders the CA created for the cycle.
+    pub orders: u64,
+    /// The terms that owned the cycle, in log order (`BeginOrder`, then each `ResumeOrder`).
+    pub owners: Vec<Term>,
+    /// The term whose leader committed `CertIssued`, if one did.
+    pub issued_by: Option<Term>,
+}
+
+impl KillReport {
+    /// Reads what happened from a run's journal and the CA's books; `None` if no kill fired.
+    #[must_use]
+    pub fn of(journal: &Journal, books: &crate::ca::CaBooks) -> Option<Self> {
+        let kill = books.kills.first()?;
+        let created = journal.accepted().find_map(|(_, r)| match &r.command.op {
+            Op::OrderCreated {
+                step, order_url, ..
+            } if *order_url == kill.order_url => Some((step.cert.clone(), step.cycle)),
+            _ => None,
+        });
+        let order_committed = created.is_some();
+        // An order never committed is the first of a cycle that paid for a second one.
+        let (cert, cycle) = created.or_else(|| {
+            books
+                .orders_by_cycle
+                .iter()
+                .find(|(_, n)| **n >= 2)
+                .map(|(key, _)| key.clone())
+        })?;
+        let owners = journal
+            .accepted()
+            .filter_map(|(_, r)| match &r.command.op {
+                Op::BeginOrder {
+                    cert: c,
+                    cycle: y,
+                    term,
+                    ..
+                }
+                | Op::ResumeOrder {
+                    cert: c,
+                    cycle: y,
+                    term,
+                } if *c == cert && *y == cycle => Some(*term),
+                _ => None,
+            })
+            .collect();
+        let issued_by = journal.accepted().find_map(|(_, r)| match &r.command.op {
+            Op::CertIssued { step, .. } if step.cert == cert && step.cycle == cycle => {
+                Some(step.term)
+            }
+            _ => None,
+        });
+        let orders = books
+            .orders_by_cycle
+            .get(&(cert.clone(), cycle))
+            .copied()
+            .unwrap_or(0);
+        Some(Self {
+            window: kill.window,
+            cert,
+            cycle,
+            order_url: kill.order_url.clone(),
+            order_committed,
+            orders,
+            owners,
+            issued_by,
+        })
+    }
+
+    /// Whether the leader after the kill took the cycle over and issued the certificate.
+    #[must_use]
+    pub fn finished_by_next_leader(&self) -> bool {
+        self.owners.len() >= 2
+            && self.issued_by.is_some()
+            && self.issued_by == self.owners.last().copied()
+    }
+}
+
+impl fmt::Display for KillReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let owners: Vec<String> = self.owners.iter().map(|t| t.0.to_string()).collect();
+        write!(
+            f,
+            "window={} cert={} cycle={} order_committed={} orders={} owners={} issued_by={} finished_by_next_leader={}",
+            self.window.name(),
+            self.cert,
+            self.cycle,
+            self.order_committed,
+            self.orders,
+            owners.join(","),
+            self.issued_by
+                .map_or_else(|| "none".into(), |t| t.0.to_string()),
+            self.finished_by_next_leader()
+        )
+    }
+}
