@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use certfleet::raft::log_store::SyncMode;
+use certfleet::raft::state_machine::SnapshotDisk;
 use certfleet::raft::types::{Entry, LogId, StorageError, TypeConfig};
 use certfleet::raft::{MemLogStore, StateMachineStore};
 use certfleet_core::command::Op;
@@ -193,6 +194,59 @@ fn a_snapshot_installs_to_the_state_that_replay_reaches() {
         assert_eq!(follower.snapshot_installs(), 1);
         let current = follower.get_current_snapshot().await.unwrap().unwrap();
         assert_eq!(current.meta, snapshot.meta);
+    });
+}
+
+#[test]
+fn a_restart_restores_the_kept_snapshot_and_replays_the_rest() {
+    runtime().block_on(async {
+        let entries = harness_entries();
+        let (head, tail) = entries.split_at(entries.len() / 2);
+        let disk = SnapshotDisk::default();
+        let mut before = StateMachineStore::open(disk.clone(), None).unwrap();
+        before.apply(head.to_vec()).await.unwrap();
+        let snapshot = before
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
+        before.apply(tail.to_vec()).await.unwrap();
+        assert_eq!(disk.last_index(), Some(head.len() as u64));
+
+        // The process dies; its successor opens the same disk.
+        let mut after = StateMachineStore::open(disk, None).unwrap();
+        let (applied, _) = after.applied_state().await.unwrap();
+        assert_eq!(
+            applied, snapshot.meta.last_log_id,
+            "restored up to the snapshot"
+        );
+        assert_eq!(*after.applied_index().borrow(), head.len() as u64);
+        after.apply(tail.to_vec()).await.unwrap();
+        assert_eq!(after.read(|s| s.digest()), before.read(|s| s.digest()));
+    });
+}
+
+#[test]
+fn an_installed_snapshot_is_kept_for_the_next_restart() {
+    runtime().block_on(async {
+        let entries = harness_entries();
+        let mut leader = StateMachineStore::new();
+        leader.apply(entries.clone()).await.unwrap();
+        let snapshot = leader
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
+        let disk = SnapshotDisk::default();
+        let mut follower = StateMachineStore::open(disk.clone(), None).unwrap();
+        follower
+            .install_snapshot(&snapshot.meta, snapshot.snapshot)
+            .await
+            .unwrap();
+        let restarted = StateMachineStore::open(disk, None).unwrap();
+        assert_eq!(restarted.read(|s| s.digest()), leader.read(|s| s.digest()));
     });
 }
 

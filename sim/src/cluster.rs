@@ -10,7 +10,7 @@ use std::time::Duration;
 use certfleet::node::{Clock, DriverConfig, DriverStats, NodeDriver, SystemClock};
 use certfleet::raft::log_store::SyncMode;
 use certfleet::raft::network::{self, Network};
-use certfleet::raft::state_machine::{AppliedEntry, ApplyObserver};
+use certfleet::raft::state_machine::{AppliedEntry, ApplyObserver, SnapshotDisk};
 use certfleet::raft::types::{NodeId, TypeConfig};
 use certfleet::raft::{MemLogStore, StateMachineStore};
 use certfleet_core::command::Op;
@@ -57,6 +57,10 @@ pub const LIVENESS_MS: u64 = 40 * 60 * 1000;
 pub const GRACE_MS: u64 = 10 * 60 * 1000;
 /// Virtual time one run may take at most; past it the run is stuck.
 pub const VIRTUAL_SECS_MAX: u64 = 3 * 3_600;
+/// Entries between snapshots.
+pub const SNAPSHOT_EVERY_ENTRIES: u64 = 200;
+/// Entries kept in the log after a snapshot (a follower further behind gets the snapshot).
+pub const LOG_KEPT_AFTER_SNAPSHOT: u64 = 20;
 /// The admin client's address: a host of its own, as an operator's machine would be.
 pub const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 1);
 
@@ -105,6 +109,8 @@ pub struct Outcome {
     pub faults_fired: BTreeMap<&'static str, u64>,
     /// Virtual milliseconds the run covered.
     pub virtual_ms: u64,
+    /// Snapshots installed (a follower too far behind the purged log).
+    pub snapshot_installs: u64,
     /// The merged apply streams (for scenario tests that look at what was committed).
     pub journal: Journal,
     /// The CA's books.
@@ -163,6 +169,10 @@ struct Host {
     addr: SocketAddr,
     node: NodeHandle,
     log: MemLogStore,
+    /// Where the host's last snapshot survives its crashes.
+    snapshots: SnapshotDisk,
+    /// Snapshots installed by earlier incarnations.
+    installs: u64,
     live: Incarnation,
     up: bool,
     paused: bool,
@@ -218,9 +228,11 @@ fn raft_config() -> Arc<Config> {
         heartbeat_interval: 100,
         election_timeout_min: 400,
         election_timeout_max: 800,
-        // Keep the whole log: a restarted node rebuilds its in-memory state machine from it
-        // (persisted snapshots in the simulated store are still to come).
-        snapshot_policy: openraft::SnapshotPolicy::Never,
+        // Snapshots often and a short log after them: a node down for a minute falls behind
+        // the purged log and catches up by a snapshot install; a restart restores the
+        // snapshot its disk kept and replays the log after it.
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(SNAPSHOT_EVERY_ENTRIES),
+        max_in_snapshot_log_to_keep: LOG_KEPT_AFTER_SNAPSHOT,
         ..Config::default()
     };
     Arc::new(config.validate().expect("a valid static config"))
@@ -244,11 +256,13 @@ fn start_host(
     let addr = SocketAddr::new(ip, RPC_PORT);
     // The "disk" outlives the process: created here, handed to every incarnation.
     let log = MemLogStore::new(SyncMode::Deferred);
+    let snapshots = SnapshotDisk::default();
     let live: Incarnation = Arc::default();
     let incarnation = Arc::new(AtomicU64::new(0));
     let stats: Arc<Mutex<Vec<Arc<DriverStats>>>> = Arc::default();
     let sync_every = Duration::from_millis(options.sync_interval_ms);
     let driver_seed = mix(options.seed, b"driver", id);
+    let init_snapshots = snapshots.clone();
     let (init_log, init_live, init_shared, init_clock, init_incarnation, init_stats) = (
         log.clone(),
         live.clone(),
@@ -270,6 +284,7 @@ fn start_host(
                 init_stats.clone(),
             );
             let lifetime = (id, init_incarnation.load(Ordering::Relaxed));
+            let snapshots = init_snapshots.clone();
             async move {
                 let journal = shared.journal.clone();
                 let observer: ApplyObserver = Arc::new(move |entry: &AppliedEntry<'_>| {
@@ -284,7 +299,15 @@ fn start_host(
                         now: SystemClock.now(),
                     });
                 });
-                let state_machine = StateMachineStore::with_observer(observer);
+                let state_machine = match StateMachineStore::open(snapshots, Some(observer)) {
+                    Ok(state_machine) => state_machine,
+                    Err(error) => {
+                        lock(&shared.journal).violations.push(format!(
+                            "I4 snapshot: n{id} cannot restore its kept snapshot: {error}"
+                        ));
+                        return;
+                    }
+                };
                 let started = Raft::new(
                     id,
                     raft_config(),
@@ -348,6 +371,8 @@ fn start_host(
         addr,
         node,
         log,
+        snapshots,
+        installs: 0,
         live,
         up: true,
         paused: false,
@@ -857,6 +882,7 @@ impl Run {
                     });
                 }
                 let host = &mut self.hosts[*target as usize - 1];
+                host.installs += host.state_machine().map_or(0, |sm| sm.snapshot_installs());
                 self.handle.kill(host.node.id());
                 *lock(&host.live) = None;
                 self.shared.ca.remove_backend(host.id);
@@ -866,9 +892,10 @@ impl Run {
                 self.entries_lost += report.lost;
                 self.entries_torn += report.kept;
                 self.fired(if *long { "crash-long" } else { "crash" });
+                let snapshot = self.hosts[*target as usize - 1].snapshots.last_index();
                 note!(
                     &mut self.trace,
-                    "{:>8} crash n{target} (lost {}, torn {})",
+                    "{:>8} crash n{target} (lost {}, torn {}, snapshot at {snapshot:?})",
                     self.elapsed(),
                     report.lost,
                     report.kept
@@ -1083,6 +1110,12 @@ impl Run {
         self.violations.extend(i08_budget::check(&books));
         self.violations.extend(i09_retry_after::check(&books));
         let leader_changes = self.leader_changes();
+        let snapshot_installs: u64 = self
+            .hosts
+            .iter()
+            .map(|h| h.installs + h.state_machine().map_or(0, |sm| sm.snapshot_installs()))
+            .sum();
+        note!(&mut self.trace, "snapshot_installs={snapshot_installs}");
         self.note_books(&books, &orders, leader_changes, acknowledged.len(), unknown);
         if let Some(sm) = self.hosts.iter().find_map(Host::state_machine) {
             let trace = self.trace.clone();
@@ -1114,6 +1147,7 @@ impl Run {
             misses_after_timeout: books.misses_after_timeout,
             faults_fired,
             virtual_ms: self.started.elapsed().as_millis() as u64,
+            snapshot_installs,
             journal,
             books,
         }

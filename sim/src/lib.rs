@@ -7,15 +7,14 @@
 //!     cargo run -p certfleet-sim --release -- --seeds 0..200
 //! ```
 //!
-//! What a run covers today: voters and edge learners as simulated hosts running the
-//! production Raft glue (log store, state machine, TCP network) on openraft; a workload of
-//! certificate writes sent to random nodes; seeded faults (crash and restart losing unsynced
-//! log writes, network clogging); then a healing phase that checks convergence (I4), that no
-//! acknowledged write is lost (I3) and that applied indexes never go back within a process
-//! lifetime (I5). Each run ends in a trace digest that must be byte-identical for a seed (I11).
+//! A run (SIMULATION "A run"): seed → options ([`options`]); voters and edge learners as
+//! simulated hosts running the production Raft glue and node driver against one simulated CA
+//! ([`ca`]); a one-hour safety phase of workload and faults; healing; a 40-minute liveness
+//! phase; convergence; then every invariant ([`invariants`], one file each) over what the run
+//! recorded ([`journal`]). Named scenarios live in [`scenario`] and `sim/tests/`.
 //!
-//! Not yet: the leader's node driver and the simulated CA, so the order-cycle invariants
-//! (I1, I2, I6–I10, I12, I13) and the checker mutations are still to come (issue #4).
+//! Not yet: the wire-level RFC 8555 CA (issue #5), membership churn, persisted snapshots in
+//! the simulated store.
 
 pub mod ca;
 #[cfg(madsim)]

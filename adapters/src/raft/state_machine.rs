@@ -31,6 +31,36 @@ pub struct StateMachineStore {
     inner: Arc<Mutex<Inner>>,
     applied: watch::Sender<u64>,
     observer: Option<ApplyObserver>,
+    disk: SnapshotDisk,
+}
+
+/// Where the last snapshot a node built or installed survives its process: what a restart
+/// restores the state machine from, before openraft replays the log after it. In memory, for
+/// tests and the simulation (the simulation keeps one per host across restarts); the durable
+/// store writes it to disk.
+#[derive(Clone, Debug, Default)]
+pub struct SnapshotDisk(Arc<Mutex<Option<StoredSnapshot>>>);
+
+impl SnapshotDisk {
+    fn slot(&self) -> MutexGuard<'_, Option<StoredSnapshot>> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Keeps `snapshot` (written whole, as a durable store renames a synced file into place).
+    fn keep(&self, snapshot: StoredSnapshot) {
+        *self.slot() = Some(snapshot);
+    }
+
+    /// The index of the snapshot kept, if any.
+    #[must_use]
+    pub fn last_index(&self) -> Option<u64> {
+        self.slot()
+            .as_ref()
+            .and_then(|s| s.meta.last_log_id)
+            .map(|id| id.index)
+    }
 }
 
 impl std::fmt::Debug for StateMachineStore {
@@ -101,6 +131,7 @@ impl StateMachineStore {
             inner: Arc::default(),
             applied,
             observer: None,
+            disk: SnapshotDisk::default(),
         }
     }
 
@@ -111,6 +142,34 @@ impl StateMachineStore {
             observer: Some(observer),
             ..Self::new()
         }
+    }
+
+    /// A state machine restored from the snapshot `disk` kept (empty if none), keeping later
+    /// snapshots there; applied commands are shown to `observer`. openraft then replays the
+    /// committed log after the snapshot.
+    pub fn open(
+        disk: SnapshotDisk,
+        observer: Option<ApplyObserver>,
+    ) -> Result<Self, certfleet_core::error::SnapshotError> {
+        let store = Self {
+            observer,
+            disk,
+            ..Self::new()
+        };
+        let kept = store.disk.slot().clone();
+        if let Some(snapshot) = kept {
+            let state = SnapshotReader::read_all(&snapshot.bytes)?;
+            let index = snapshot.meta.last_log_id.map_or(0, |id| id.index);
+            {
+                let mut inner = store.inner();
+                inner.state = state;
+                inner.last_applied = snapshot.meta.last_log_id;
+                inner.membership = snapshot.meta.last_membership.clone();
+                inner.snapshot = Some(snapshot);
+            }
+            store.applied.send_replace(index);
+        }
+        Ok(store)
     }
 
     /// Reads the state under the lock (keep the closure short: apply waits for it).
@@ -262,10 +321,12 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             inner.state = state;
             inner.last_applied = meta.last_log_id;
             inner.membership = meta.last_membership.clone();
-            inner.snapshot = Some(StoredSnapshot {
+            let snapshot = StoredSnapshot {
                 meta: meta.clone(),
                 bytes,
-            });
+            };
+            self.disk.keep(snapshot.clone());
+            inner.snapshot = Some(snapshot);
             inner.installs += 1;
             inner.events.clear();
         }
@@ -304,10 +365,12 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             last_membership: membership,
             snapshot_id,
         };
-        self.store.inner().snapshot = Some(StoredSnapshot {
+        let snapshot = StoredSnapshot {
             meta: meta.clone(),
             bytes: bytes.clone(),
-        });
+        };
+        self.store.disk.keep(snapshot.clone());
+        self.store.inner().snapshot = Some(snapshot);
         Ok(Snapshot {
             meta,
             snapshot: Box::new(Cursor::new(bytes)),

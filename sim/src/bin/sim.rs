@@ -157,11 +157,12 @@ fn one(args: &Args) -> ExitCode {
         .map(|(class, count)| format!("{class}:{count}"))
         .collect();
     println!(
-        "stats: violations={} cycles={} orders={} virtual_ms={} fired={}",
+        "stats: violations={} cycles={} orders={} virtual_ms={} installs={} fired={}",
         outcome.violations.len(),
         outcome.cycles,
         outcome.orders,
         outcome.virtual_ms,
+        outcome.snapshot_installs,
         fired.join(",")
     );
     if !args.quiet {
@@ -252,6 +253,7 @@ fn batch(args: &Args) -> ExitCode {
         .map(|(class, count)| format!("{class}={count}"))
         .collect();
     println!("faults fired: {}", fired.join(" "));
+    println!("snapshots installed: {}", totals.installs);
     println!(
         "{} cycles, {} orders ({:.5} orders per cycle); {:.1} virtual hours ({:.2} per seed); {:.1} seeds per minute",
         totals.cycles,
@@ -277,6 +279,7 @@ struct Totals {
     cycles: u64,
     orders: u64,
     virtual_ms: u64,
+    installs: u64,
     fired: std::collections::BTreeMap<String, u64>,
 }
 
@@ -294,6 +297,7 @@ impl Totals {
                 "cycles" => self.cycles += number,
                 "orders" => self.orders += number,
                 "virtual_ms" => self.virtual_ms += number,
+                "installs" => self.installs += number,
                 "fired" => {
                     for pair in value.split(',') {
                         if let Some((class, count)) = pair.split_once(':') {
