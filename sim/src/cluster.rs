@@ -65,7 +65,9 @@ pub const LOG_KEPT_AFTER_SNAPSHOT: u64 = 20;
 pub const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 1);
 
 /// Fault classes a run can inject (SIMULATION: a batch fails if one never fired).
-pub const FAULT_CLASSES: [&str; 12] = [
+pub const FAULT_CLASSES: [&str; 14] = [
+    "edge-removed",
+    "voter-demoted",
     "crash",
     "crash-long",
     "clog",
@@ -413,10 +415,26 @@ enum Write {
 /// A fault, injected at one point and removed at another.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Fault {
-    Crash { target: u64, long: bool },
-    Clog { target: u64 },
-    Partition { side: Vec<u64>, one_way: bool },
-    Pause { target: u64 },
+    Crash {
+        target: u64,
+        long: bool,
+    },
+    Clog {
+        target: u64,
+    },
+    Partition {
+        side: Vec<u64>,
+        one_way: bool,
+    },
+    Pause {
+        target: u64,
+    },
+    /// Take a member out of the cluster: an edge leaves the membership (and the load
+    /// balancer), a voter is demoted to learner; put back when the fault is removed.
+    Membership {
+        target: u64,
+        voter: bool,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -699,6 +717,20 @@ impl Run {
                 self.at(at, Event::Inject(Fault::Pause { target }, length));
             }
         }
+        for _ in 0..options.churns {
+            let voter = self.choices.below(2) == 0;
+            let target = if voter {
+                1 + self.choices.below(options.voters)
+            } else {
+                options.voters + 1 + self.choices.below(options.edges)
+            };
+            let at = self.choices.below(span);
+            let length = 10_000 + self.choices.below(110_000);
+            self.at(
+                at,
+                Event::Inject(Fault::Membership { target, voter }, length),
+            );
+        }
         let offset_max = options.skew_ms_max.saturating_sub(1_100);
         for _ in 0..options.clock_jumps {
             let target = 1 + self.choices.below(hosts);
@@ -735,12 +767,12 @@ impl Run {
                         }
                         other => other,
                     };
-                    if self.inject(&fault) {
+                    if self.inject(&fault).await {
                         let end = self.elapsed() as u64 + length;
                         self.at(end, Event::Remove(fault));
                     }
                 }
-                Event::Remove(fault) => self.remove(&fault),
+                Event::Remove(fault) => self.remove(&fault).await,
                 Event::ClockJump { target, offset_ms } => {
                     self.hosts[target as usize - 1]
                         .clock
@@ -859,14 +891,109 @@ impl Run {
             target,
             long: false,
         };
-        if self.inject(&fault) {
+        if self.inject_now(&fault) {
             let end = self.elapsed() as u64 + 2_000 + self.choices.below(8_000);
             self.at(end, Event::Remove(fault));
         }
     }
 
     /// Injects a fault; false if it could not land (its target already down).
-    fn inject(&mut self, fault: &Fault) -> bool {
+    async fn inject(&mut self, fault: &Fault) -> bool {
+        if let Fault::Membership { target, voter } = fault {
+            return self.change_membership(*target, *voter, false).await;
+        }
+        self.inject_now(fault)
+    }
+
+    /// Takes a member out (`back`: false) or puts it back, through whoever leads.
+    async fn change_membership(&mut self, target: u64, voter: bool, back: bool) -> bool {
+        use openraft::ChangeMembers;
+        let node = BasicNode {
+            addr: self.hosts[target as usize - 1].addr.to_string(),
+        };
+        for _ in 0..50 {
+            let Some(leader) = self.leader() else {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            };
+            let ids = std::collections::BTreeSet::from([target]);
+            let change = match (voter, back) {
+                (false, false) => leader.change_membership(ChangeMembers::RemoveNodes(ids), false),
+                (true, false) => leader.change_membership(ChangeMembers::RemoveVoters(ids), true),
+                (true, true) => leader.change_membership(ChangeMembers::AddVoterIds(ids), true),
+                (false, true) => {
+                    let added = tokio::time::timeout(
+                        Duration::from_secs(10),
+                        leader.add_learner(target, node.clone(), false),
+                    )
+                    .await;
+                    if matches!(added, Ok(Ok(_))) {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+            };
+            if matches!(
+                tokio::time::timeout(Duration::from_secs(10), change).await,
+                Ok(Ok(_))
+            ) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let what = if voter { "voter" } else { "edge" };
+        let members = self.leader().map(|raft| {
+            let metrics = raft.metrics().borrow().clone();
+            let config = metrics.membership_config.membership().clone();
+            (
+                config.voter_ids().collect::<Vec<_>>(),
+                config.learner_ids().collect::<Vec<_>>(),
+            )
+        });
+        let present = members.as_ref().map(|(voters, learners)| {
+            if voter {
+                voters.contains(&target)
+            } else {
+                voters.contains(&target) || learners.contains(&target)
+            }
+        });
+        let done = present == Some(back);
+        note!(
+            &mut self.trace,
+            "{:>8} {} {what} n{target}: {}",
+            self.elapsed(),
+            if back { "re-add" } else { "remove" },
+            if done { "done" } else { "failed" }
+        );
+        if !voter {
+            // The load balancer follows the membership.
+            if back {
+                if let Some(state_machine) = self.hosts[target as usize - 1].state_machine() {
+                    self.shared.ca.add_backend(
+                        target,
+                        Backend {
+                            state_machine,
+                            started_at: SystemClock.now(),
+                        },
+                    );
+                }
+            } else if done {
+                self.shared.ca.remove_backend(target);
+            }
+        }
+        if done && !back {
+            self.fired(if voter {
+                "voter-demoted"
+            } else {
+                "edge-removed"
+            });
+        }
+        done
+    }
+
+    /// Injects a fault that needs no round trip.
+    fn inject_now(&mut self, fault: &Fault) -> bool {
         let net = NetSim::current();
         match fault {
             Fault::Crash { target, long } => {
@@ -924,6 +1051,7 @@ impl Run {
                     self.elapsed()
                 );
             }
+            Fault::Membership { .. } => return false,
             Fault::Pause { target } => {
                 let host = &mut self.hosts[*target as usize - 1];
                 if !host.up || host.paused {
@@ -949,9 +1077,12 @@ impl Run {
         links
     }
 
-    fn remove(&mut self, fault: &Fault) {
+    async fn remove(&mut self, fault: &Fault) {
         let net = NetSim::current();
         match fault {
+            Fault::Membership { target, voter } => {
+                self.change_membership(*target, *voter, true).await;
+            }
             Fault::Crash { target, .. } => {
                 let host = &mut self.hosts[*target as usize - 1];
                 if host.up {
@@ -995,7 +1126,7 @@ impl Run {
         let pending: Vec<Event> = std::mem::take(&mut self.schedule).into_values().collect();
         for event in pending {
             if let Event::Remove(fault) = event {
-                self.remove(&fault);
+                self.remove(&fault).await;
             }
         }
         let net = NetSim::current();
@@ -1016,9 +1147,9 @@ impl Run {
                 target,
                 long: false,
             };
-            if self.inject(&fault) {
+            if self.inject_now(&fault) {
                 tokio::time::sleep(Duration::from_millis(500)).await;
-                self.remove(&fault);
+                self.remove(&fault).await;
             }
             tokio::time::sleep(Duration::from_secs(3)).await;
         }

@@ -30,6 +30,9 @@ pub struct SimOptions {
     pub partitions: u64,
     /// Process pauses (the node stops, its peers time out, it resumes where it was).
     pub pauses: u64,
+    /// Membership changes: an edge removed and added back, or a voter demoted to learner and
+    /// promoted again.
+    pub churns: u64,
     /// Largest one-way network latency in milliseconds (madsim's send latency is 1..this).
     pub latency_ms_max: u64,
     /// Virtual milliseconds between log syncs on every node (writes in between die in a crash).
@@ -74,6 +77,7 @@ impl SimOptions {
             clogs: draw(b"clogs", 4),
             partitions: draw(b"partitions", 3),
             pauses: draw(b"pauses", 3),
+            churns: draw(b"churns", 3),
             latency_ms_max: 1 + draw(b"latency", 100),
             sync_interval_ms: 1 + draw(b"sync", 30),
             torn_keep_max: draw(b"torn", 3) as usize,
@@ -105,7 +109,7 @@ impl fmt::Display for SimOptions {
         let kills: Vec<&str> = self.kill_windows.iter().map(|w| w.name()).collect();
         write!(
             f,
-            "seed={} voters={} edges={} writes={} bulk={}% crashes={} long={}% clogs={} partitions={} pauses={} latency_ms<={} sync_ms={} torn_max={} skew_ms<={} jumps={} ca_down={} ca_429={} ca_invalid={} ca_lost_finalize={} kills=[{}]",
+            "seed={} voters={} edges={} writes={} bulk={}% crashes={} long={}% clogs={} partitions={} pauses={} churns={} latency_ms<={} sync_ms={} torn_max={} skew_ms<={} jumps={} ca_down={} ca_429={} ca_invalid={} ca_lost_finalize={} kills=[{}]",
             self.seed,
             self.voters,
             self.edges,
@@ -116,6 +120,7 @@ impl fmt::Display for SimOptions {
             self.clogs,
             self.partitions,
             self.pauses,
+            self.churns,
             self.latency_ms_max,
             self.sync_interval_ms,
             self.torn_keep_max,
@@ -164,6 +169,7 @@ mod tests {
         assert!(batch.iter().any(|o| o.crashes > 0));
         assert!(batch.iter().any(|o| o.partitions > 0));
         assert!(batch.iter().any(|o| o.pauses > 0));
+        assert!(batch.iter().any(|o| o.churns > 0));
         assert!(batch.iter().any(|o| o.skew_ms_max > 0 && o.clock_jumps > 0));
         assert!(batch.iter().any(|o| o.ca_down > 0 && o.ca_rate_limited > 0));
         for window in Window::ALL {

@@ -18,6 +18,7 @@ pub fn quiet(seed: u64) -> SimOptions {
         clogs: 0,
         partitions: 0,
         pauses: 0,
+        churns: 0,
         skew_ms_max: 0,
         clock_jumps: 0,
         ca_down: 0,
