@@ -292,13 +292,8 @@ fn start_host(
                 let observer: ApplyObserver = Arc::new(move |entry: &AppliedEntry<'_>| {
                     lock(&journal).observe(&Applied {
                         lifetime,
-                        index: entry.index,
-                        entry_term: entry.entry_term,
-                        command: entry.command,
-                        response: entry.response,
-                        open_before: entry.open_before,
-                        state: entry.state,
                         now: SystemClock.now(),
+                        entry,
                     });
                 });
                 let state_machine = match StateMachineStore::open(snapshots, Some(observer)) {

@@ -10,7 +10,8 @@
 
 use std::collections::BTreeMap;
 
-use certfleet_core::{Command, Cycle, Response, State, Term, UnixMillis};
+use certfleet::raft::state_machine::AppliedEntry;
+use certfleet_core::{Command, Cycle, Term, UnixMillis};
 
 use crate::invariants::{i05_monotonic, i12_clock};
 
@@ -62,25 +63,23 @@ pub struct Journal {
     nodes: BTreeMap<Lifetime, NodeWatch>,
 }
 
-/// The part of an applied entry the journal needs.
+/// An applied entry as one node lifetime reported it, at a true time.
 #[derive(Clone, Copy, Debug)]
 pub struct Applied<'a> {
     /// The node lifetime that applied it.
     pub lifetime: Lifetime,
-    /// Log index.
-    pub index: u64,
-    /// Entry term.
-    pub entry_term: u64,
-    /// The command.
-    pub command: &'a Command,
-    /// `apply`'s answer.
-    pub response: &'a Response,
-    /// The open cycle before apply.
-    pub open_before: Option<(Cycle, Term)>,
-    /// The state after apply.
-    pub state: &'a State,
     /// True time now.
     pub now: UnixMillis,
+    /// What the state machine's observer saw.
+    pub entry: &'a AppliedEntry<'a>,
+}
+
+impl<'a> std::ops::Deref for Applied<'a> {
+    type Target = AppliedEntry<'a>;
+
+    fn deref(&self) -> &AppliedEntry<'a> {
+        self.entry
+    }
 }
 
 impl Journal {
@@ -158,6 +157,7 @@ mod tests {
     use super::*;
     use certfleet_core::command::Op;
     use certfleet_core::testing::spec;
+    use certfleet_core::{Response, State};
 
     fn put(at: u64, name: &str) -> Command {
         Command {
@@ -173,13 +173,15 @@ mod tests {
         let state = State::default();
         journal.observe(&Applied {
             lifetime,
-            index,
-            entry_term: 1,
-            command,
-            response: &Response::Accepted,
-            open_before: None,
-            state: &state,
             now: UnixMillis(now),
+            entry: &AppliedEntry {
+                index,
+                entry_term: 1,
+                command,
+                response: &Response::Accepted,
+                open_before: None,
+                state: &state,
+            },
         });
     }
 

@@ -117,6 +117,7 @@ pub fn check(journal: &Journal, books: &CaBooks) -> Report {
 mod tests {
     use super::*;
     use crate::journal::{Applied, LeaderCrash};
+    use certfleet::raft::state_machine::AppliedEntry;
     use certfleet_core::command::StepRef;
     use certfleet_core::model::RenewalReason;
     use certfleet_core::{Command, Response, State, Term};
@@ -135,13 +136,15 @@ mod tests {
             };
             journal.observe(&Applied {
                 lifetime: (1, 0),
-                index: i as u64 + 1,
-                entry_term: 1,
-                command: &command,
-                response: &Response::Accepted,
-                open_before: None,
-                state: &state,
                 now: UnixMillis(*at),
+                entry: &AppliedEntry {
+                    index: i as u64 + 1,
+                    entry_term: 1,
+                    command: &command,
+                    response: &Response::Accepted,
+                    open_before: None,
+                    state: &state,
+                },
             });
         }
         journal

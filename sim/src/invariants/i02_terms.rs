@@ -25,6 +25,7 @@ pub fn check(journal: &Journal) -> Vec<String> {
 mod tests {
     use super::*;
     use crate::journal::Applied;
+    use certfleet::raft::state_machine::AppliedEntry;
     use certfleet_core::command::{Op, StepRef};
     use certfleet_core::{CertId, Command, Cycle, Response, State, Term, UnixMillis};
 
@@ -42,13 +43,15 @@ mod tests {
         };
         journal.observe(&Applied {
             lifetime: (1, 0),
-            index: 1,
-            entry_term: term,
-            command: &command,
-            response: &Response::Accepted,
-            open_before: open,
-            state: &State::default(),
             now: UnixMillis(1),
+            entry: &AppliedEntry {
+                index: 1,
+                entry_term: term,
+                command: &command,
+                response: &Response::Accepted,
+                open_before: open,
+                state: &State::default(),
+            },
         });
         journal
     }
