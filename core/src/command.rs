@@ -157,6 +157,15 @@ pub enum Op {
         /// Certificate and the instant its budget frees up.
         items: Vec<(CertId, UnixMillis)>,
     },
+    /// The CA asked for a wait inside an open order (`Retry-After` on a poll or a refused
+    /// call) longer than a driver keeps in memory: committed so that the next leader, resuming
+    /// the cycle, waits too (SIMULATION I9).
+    OrderDeferred {
+        /// Fencing.
+        step: StepRef,
+        /// No call for this order before this instant.
+        until: UnixMillis,
+    },
 }
 
 /// Names the cycle an order step belongs to, and the term that proposes it.
@@ -247,11 +256,12 @@ impl Op {
             | Self::KeyPrepared { step, .. }
             | Self::Finalized { step }
             | Self::CertIssued { step, .. }
-            | Self::OrderFailed { step, .. } => Some(&step.cert),
+            | Self::OrderFailed { step, .. }
+            | Self::OrderDeferred { step, .. } => Some(&step.cert),
         }
     }
 
-    /// The step reference of a cycle step (`OrderCreated` … `OrderFailed`).
+    /// The step reference of a cycle step (`OrderCreated` … `OrderDeferred`).
     #[must_use]
     pub fn step(&self) -> Option<&StepRef> {
         match self {
@@ -260,7 +270,8 @@ impl Op {
             | Self::KeyPrepared { step, .. }
             | Self::Finalized { step }
             | Self::CertIssued { step, .. }
-            | Self::OrderFailed { step, .. } => Some(step),
+            | Self::OrderFailed { step, .. }
+            | Self::OrderDeferred { step, .. } => Some(step),
             _ => None,
         }
     }
@@ -273,7 +284,8 @@ impl Op {
             | Self::KeyPrepared { step, .. }
             | Self::Finalized { step }
             | Self::CertIssued { step, .. }
-            | Self::OrderFailed { step, .. } => Some(step),
+            | Self::OrderFailed { step, .. }
+            | Self::OrderDeferred { step, .. } => Some(step),
             _ => None,
         }
     }

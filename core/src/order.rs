@@ -509,6 +509,8 @@ pub struct OrderDriver {
     finalize_sent: bool,
     certificate: Option<Outcome>,
     failure: Option<Failure>,
+    /// A long `Retry-After` received inside the order, still to be committed.
+    defer: Option<UnixMillis>,
     step: StepName,
     done: bool,
 }
@@ -534,7 +536,8 @@ impl OrderDriver {
             seed,
             applied_floor: applied_index,
             pending: None,
-            not_before: UnixMillis::ZERO,
+            // The CA's Retry-After received by an earlier owner of the cycle.
+            not_before: open.not_before,
             ca_retries: 0,
             polls: 0,
             created: None,
@@ -548,6 +551,7 @@ impl OrderDriver {
             finalize_sent: false,
             certificate: None,
             failure: None,
+            defer: None,
             step: open.step.name(),
             done: false,
         }
@@ -588,6 +592,13 @@ impl OrderDriver {
         self.step = open.step.name();
         if let Some(failure) = self.failure.take() {
             return self.fail(state, now, failure);
+        }
+        if let Some(until) = self.defer.take().filter(|until| *until > open.not_before) {
+            let op = Op::OrderDeferred {
+                step: self.step_ref(),
+                until,
+            };
+            return self.commit(now, op, Pending::Commit);
         }
         if now < self.not_before {
             return Action::Sleep {
@@ -792,6 +803,7 @@ impl OrderDriver {
                     self.not_before = now
                         .plus_ms(delay_ms)
                         .max(view.retry_at.unwrap_or(UnixMillis::ZERO));
+                    self.defer_if_long(now, view.retry_at);
                     if self.polls > POLLS_MAX && view.status != OrderStatus::Ready {
                         let detail = format!(
                             "order stuck in {:?} after {} polls",
@@ -806,6 +818,7 @@ impl OrderDriver {
                 // A ready order needs no wait before finalize.
                 if view.status == OrderStatus::Ready {
                     self.not_before = view.retry_at.unwrap_or(UnixMillis::ZERO);
+                    self.defer_if_long(now, view.retry_at);
                 }
                 self.order = Some(view);
             }
@@ -862,6 +875,7 @@ impl OrderDriver {
             FailureClass::RateLimited => {
                 // Inside an order: wait for the CA, keep the order.
                 self.not_before = error.retry_at.unwrap_or(now.plus_ms(MINUTE_MS)).max(now);
+                self.defer_if_long(now, error.retry_at);
             }
             FailureClass::Permanent => self.failure = Some(failure),
             FailureClass::Retryable => {
@@ -873,8 +887,19 @@ impl OrderDriver {
                     self.not_before = now
                         .plus_ms(delay_ms)
                         .max(error.retry_at.unwrap_or(UnixMillis::ZERO));
+                    self.defer_if_long(now, error.retry_at);
                 }
             }
+        }
+    }
+
+    /// A `Retry-After` inside an order longer than this driver keeps to itself is committed
+    /// (`OrderDeferred`) before the wait, so a leader that takes the cycle over waits too.
+    /// Found by the simulator (seed 13892295): a CA down for maintenance answered 503 with a
+    /// 60 s `Retry-After`, the leader was cut off, and the next one polled the order at once.
+    fn defer_if_long(&mut self, now: UnixMillis, retry_at: Option<UnixMillis>) {
+        if let Some(at) = retry_at.filter(|at| at.ms_since(now) > RETRY_AFTER_IN_MEMORY_MS_MAX) {
+            self.defer = Some(self.defer.map_or(at, |d| d.max(at)));
         }
     }
 
@@ -1149,6 +1174,7 @@ mod tests {
     fn name(action: &Action) -> &'static str {
         match action {
             Action::Commit(c) => match c.op {
+                Op::OrderDeferred { .. } => "commit OrderDeferred",
                 Op::OrderCreated { .. } => "commit OrderCreated",
                 Op::ChallengesPublished { .. } => "commit ChallengesPublished",
                 Op::KeyPrepared { .. } => "commit KeyPrepared",
@@ -1410,6 +1436,73 @@ mod tests {
     }
 
     #[test]
+    fn a_long_retry_after_inside_an_order_is_committed_and_holds_the_next_leader() {
+        let mut leader = Leader::new(&["www.example.com"]);
+        let mut driver = leader.begin();
+        let action = leader.run(&mut driver, |a| {
+            matches!(a, Action::FetchAuthorizations { .. })
+        });
+        assert!(
+            matches!(action, Action::FetchAuthorizations { .. }),
+            "{action:?}"
+        );
+        let until = leader.now.plus_ms(60 * SECOND_MS);
+        driver.handle_outcome(leader.now, unavailable_for(60 * SECOND_MS, leader.now));
+        let Action::Commit(command) = driver.poll_action(&leader.state, leader.now) else {
+            panic!("the wait is committed before it starts");
+        };
+        assert!(matches!(command.op, Op::OrderDeferred { until: u, .. } if u == until));
+        leader.perform(&mut driver, Action::Commit(command));
+        assert_eq!(
+            driver.poll_action(&leader.state, leader.now),
+            Action::Sleep { until }
+        );
+
+        // The leader dies; its successor resumes the cycle and waits out the same Retry-After.
+        let mut next = leader.take_over();
+        assert_eq!(
+            next.poll_action(&leader.state, leader.now),
+            Action::Sleep { until },
+            "no call for the order before the CA's Retry-After"
+        );
+        leader.now = until;
+        let action = next.poll_action(&leader.state, leader.now);
+        assert!(
+            matches!(action, Action::FetchAuthorizations { .. }),
+            "{action:?}"
+        );
+        leader.perform(&mut next, action);
+        assert_eq!(leader.run(&mut next, never), Action::Done);
+        assert!(leader.state.cert(&leader.cert()).unwrap().current.is_some());
+
+        // A stale owner cannot commit a wait, and a shorter wait never shortens a longer one.
+        let mut leader = Leader::new(&["www.example.com"]);
+        let _ = leader.begin();
+        let cert = leader.cert();
+        let step = |term| StepRef {
+            cert: cert.clone(),
+            cycle: Cycle(1),
+            term,
+        };
+        let later = T0.plus_ms(HOUR_MS);
+        let defer = |term, until| Op::OrderDeferred {
+            step: step(term),
+            until,
+        };
+        assert!(matches!(
+            leader.commit(defer(Term(7), later)),
+            Response::Rejected(Rejection::StaleTerm { .. })
+        ));
+        assert_eq!(leader.commit(defer(Term(1), later)), Response::Accepted);
+        assert_eq!(
+            leader.commit(defer(Term(1), T0.plus_ms(MINUTE_MS))),
+            Response::Accepted
+        );
+        let open = leader.state.cert(&cert).unwrap().open.clone().unwrap();
+        assert_eq!(open.not_before, later);
+    }
+
+    #[test]
     fn a_cycle_begun_before_an_account_wide_429_waits_for_its_retry_after() {
         let mut leader = Leader::new(&["www.example.com"]);
         let mut driver = leader.begin();
@@ -1575,6 +1668,13 @@ mod tests {
             error: None,
         };
         driver.handle_outcome(leader.now, Outcome::Order(stuck.clone()));
+        let action = driver.poll_action(&leader.state, leader.now);
+        assert_eq!(
+            name(&action),
+            "commit OrderDeferred",
+            "an hour is not kept in memory"
+        );
+        leader.perform(&mut driver, action);
         assert_eq!(
             driver.poll_action(&leader.state, leader.now),
             Action::Sleep {

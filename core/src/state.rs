@@ -100,6 +100,9 @@ pub struct OpenCycle {
     pub reason: RenewalReason,
     /// The committed step.
     pub step: OrderStep,
+    /// No call to the CA for this order before this instant: a long `Retry-After` the CA sent
+    /// inside the order, committed so a resuming leader honours it.
+    pub not_before: UnixMillis,
 }
 
 /// What the CA said about renewing the current certificate (RFC 9773).
@@ -317,6 +320,7 @@ impl State {
                 seed,
             } => self.renewal_info_polled(cert, *cycle, *window, *retry_at, *seed, now),
             Op::CertsDeferred { items } => self.certs_deferred(items, now),
+            Op::OrderDeferred { step, until } => self.order_deferred(step, *until),
         }
     }
 
@@ -487,6 +491,7 @@ impl State {
             begun_at: now,
             reason,
             step: OrderStep::Begun,
+            not_before: UnixMillis::ZERO,
         }));
         self.open.insert(cert.clone());
         self.reindex(cert);
@@ -753,6 +758,19 @@ impl State {
             record.deferred_until = Some(record.deferred_until.map_or(*until, |d| d.max(*until)));
             self.reindex(cert);
         }
+        Ok(())
+    }
+
+    fn order_deferred(&mut self, step: &StepRef, until: UnixMillis) -> Result<(), Rejection> {
+        self.fenced(step)?;
+        let open = self
+            .certs
+            .get_mut(&step.cert)
+            .and_then(|r| r.open.as_mut())
+            .expect("fenced");
+        // Never earlier than a wait committed before: a later, shorter Retry-After does not
+        // cancel an earlier, longer one.
+        open.not_before = open.not_before.max(until);
         Ok(())
     }
 

@@ -47,7 +47,7 @@ struct Choice {
 
 fn choice() -> impl Strategy<Value = Choice> {
     (
-        0u8..14,
+        0u8..15,
         0u8..4,
         prop::bool::weighted(0.85),
         any::<u8>(),
@@ -217,6 +217,10 @@ fn materialize(state: &State, c: &Choice) -> Op {
         }
         12 => Op::CertsDeferred {
             items: vec![(cert, state.clock().plus_ms(c.seed % DAY_MS))],
+        },
+        13 => Op::OrderDeferred {
+            step,
+            until: state.clock().plus_ms(c.seed % HOUR_MS),
         },
         _ => {
             let count = 1 + u32::from(c.pick % 4);

@@ -18,7 +18,7 @@ use certfleet_core::model::{CertRequest, CertSpec, ChallengeKind, IssuerId, Poli
 use certfleet_core::name::Identifier;
 use certfleet_core::snapshot::{FRAME_HEADER_LEN, SnapshotReader, SnapshotWriter};
 use certfleet_core::testing::{self, Harness};
-use certfleet_core::time::{DAY_MS, HOUR_MS};
+use certfleet_core::time::{DAY_MS, HOUR_MS, MINUTE_MS};
 use certfleet_core::{Command, CertId, Cycle, Response, State, Term, apply};
 use certfleet_fuzz::checks::{
     self, FIXTURE_START, FLEET_ISSUED, FLEET_OPEN, SNAPSHOT_REPAIR, check_command, check_snapshot, fleet_harness,
@@ -161,6 +161,9 @@ fn command_seeds() -> Seeds {
     let items = vec![(id(a), now.plus_ms(DAY_MS)), (id(s0), now.plus_ms(DAY_MS)), (id("gone.example.com"), now.plus_ms(DAY_MS))];
     add(&mut seeds, "certs-deferred", at(Op::CertsDeferred { items }));
     add(&mut seeds, "certs-deferred-empty", at(Op::CertsDeferred { items: Vec::new() }));
+    let deferred = |name, term, until| Op::OrderDeferred { step: step(name, term), until };
+    add(&mut seeds, "order-deferred", at(deferred(s2, term, now.plus_ms(MINUTE_MS))));
+    add(&mut seeds, "order-deferred-stale-term", at(deferred(s2, Term(0), now.plus_ms(MINUTE_MS))));
 
     // Deliberately corrupt.
     let good = seeds["put-cert-new"].clone();
@@ -320,7 +323,7 @@ fn snapshot_states() -> Vec<(&'static str, State)> {
     };
     let policy = {
         let mut state = checks::fixtures()[1].1.clone();
-        let tight = Policy { renew_permille: 500, jitter_permille: 100, ari_poll_interval_ms: 2 * HOUR_MS, ..Policy::default() };
+        let tight = Policy { renew_permille: 500, jitter_permille: 100, ari_poll_interval_ms: 12 * HOUR_MS, ..Policy::default() };
         let command = Command { at: state.clock(), op: Op::SetPolicy { policy: tight } };
         assert!(apply(&mut state, &command).0.is_accepted());
         state
