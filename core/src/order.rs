@@ -803,7 +803,7 @@ impl OrderDriver {
                     self.not_before = now
                         .plus_ms(delay_ms)
                         .max(view.retry_at.unwrap_or(UnixMillis::ZERO));
-                    self.defer_if_long(now, view.retry_at);
+                    self.record_retry_after(now, view.retry_at);
                     if self.polls > POLLS_MAX && view.status != OrderStatus::Ready {
                         let detail = format!(
                             "order stuck in {:?} after {} polls",
@@ -818,7 +818,7 @@ impl OrderDriver {
                 // A ready order needs no wait before finalize.
                 if view.status == OrderStatus::Ready {
                     self.not_before = view.retry_at.unwrap_or(UnixMillis::ZERO);
-                    self.defer_if_long(now, view.retry_at);
+                    self.record_retry_after(now, view.retry_at);
                 }
                 self.order = Some(view);
             }
@@ -875,7 +875,7 @@ impl OrderDriver {
             FailureClass::RateLimited => {
                 // Inside an order: wait for the CA, keep the order.
                 self.not_before = error.retry_at.unwrap_or(now.plus_ms(MINUTE_MS)).max(now);
-                self.defer_if_long(now, error.retry_at);
+                self.record_retry_after(now, error.retry_at);
             }
             FailureClass::Permanent => self.failure = Some(failure),
             FailureClass::Retryable => {
@@ -887,18 +887,20 @@ impl OrderDriver {
                     self.not_before = now
                         .plus_ms(delay_ms)
                         .max(error.retry_at.unwrap_or(UnixMillis::ZERO));
-                    self.defer_if_long(now, error.retry_at);
+                    self.record_retry_after(now, error.retry_at);
                 }
             }
         }
     }
 
-    /// A `Retry-After` inside an order longer than this driver keeps to itself is committed
-    /// (`OrderDeferred`) before the wait, so a leader that takes the cycle over waits too.
-    /// Found by the simulator (seed 13892295): a CA down for maintenance answered 503 with a
-    /// 60 s `Retry-After`, the leader was cut off, and the next one polled the order at once.
-    fn defer_if_long(&mut self, now: UnixMillis, retry_at: Option<UnixMillis>) {
-        if let Some(at) = retry_at.filter(|at| at.ms_since(now) > RETRY_AFTER_IN_MEMORY_MS_MAX) {
+    /// A `Retry-After` inside an order is committed (`OrderDeferred`) before the wait, so a
+    /// leader that takes the cycle over waits too. Found by the simulator (seed 13892295): a CA
+    /// down for maintenance answered 503 with a 60 s `Retry-After`, the leader was cut off, and
+    /// the next one polled the order at once. Short ones too (seed 44 of the processing-order
+    /// knob: 5 s of `processing`, a leader change, a poll 1 s early): one commit costs less
+    /// than the wait it records, and orders rarely send one.
+    fn record_retry_after(&mut self, now: UnixMillis, retry_at: Option<UnixMillis>) {
+        if let Some(at) = retry_at.filter(|at| *at > now) {
             self.defer = Some(self.defer.map_or(at, |d| d.max(at)));
         }
     }
@@ -1421,11 +1423,14 @@ mod tests {
         let record = leader.state.cert(&leader.cert()).unwrap();
         assert!(record.retry_at.unwrap() >= T0.plus_ms(60 * SECOND_MS));
 
-        // A short one is waited out in memory, keeping the cycle.
+        // A short one keeps the cycle: committed, then waited out.
         let mut leader = Leader::new(&["www.example.com"]);
         let mut driver = leader.begin();
         let _ = driver.poll_action(&leader.state, leader.now);
         driver.handle_outcome(leader.now, unavailable_for(5 * SECOND_MS, leader.now));
+        let action = driver.poll_action(&leader.state, leader.now);
+        assert_eq!(name(&action), "commit OrderDeferred");
+        leader.perform(&mut driver, action);
         let action = driver.poll_action(&leader.state, leader.now);
         assert_eq!(
             action,
@@ -1565,6 +1570,52 @@ mod tests {
             vec![Identifier::parse("www.example.com").unwrap()]
         );
         assert!(leader.state.open_count() == 0 && leader.state.challenges().count() == 0);
+    }
+
+    #[test]
+    fn a_ca_that_processes_reuses_authorizations_and_rotates_its_chain() {
+        let mut leader = Leader::new(&["www.example.com"]);
+        leader.ca.faults.processing_ms = 30 * SECOND_MS;
+        leader.ca.faults.reuse_authz = true;
+        leader.ca.faults.chain_every = 1;
+        let mut driver = leader.begin();
+        assert_eq!(leader.run(&mut driver, never), Action::Done);
+        let first = leader.state.cert(&leader.cert()).unwrap().current.clone();
+        let first = first.expect("issued through a processing order");
+        let after_finalize: Vec<&str> = leader
+            .trace
+            .iter()
+            .skip_while(|step| **step != "finalize")
+            .copied()
+            .collect();
+        assert!(
+            after_finalize.contains(&"commit OrderDeferred"),
+            "30 s of processing is committed: {after_finalize:?}"
+        );
+        let polls = after_finalize
+            .iter()
+            .filter(|s| **s == "fetch order")
+            .count();
+        assert!(
+            polls <= 2,
+            "polled before the Retry-After: {after_finalize:?}"
+        );
+        assert!(leader.trace.contains(&"ready"));
+
+        // The next cycle finds the identifier validated: no challenge, no ready.
+        leader.trace.clear();
+        leader.now = first.not_after;
+        let mut driver = leader.begin();
+        assert_eq!(leader.run(&mut driver, never), Action::Done);
+        assert!(!leader.trace.contains(&"ready"), "{:?}", leader.trace);
+        let second = leader.state.cert(&leader.cert()).unwrap().current.clone();
+        let second = second.expect("renewed");
+        assert_ne!(second.chain, first.chain, "a new intermediate");
+        assert!(leader.state.chain(&second.chain).is_some());
+        assert!(
+            leader.state.chain(&first.chain).is_none(),
+            "the old chain is released with the last leaf that used it"
+        );
     }
 
     #[test]

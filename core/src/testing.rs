@@ -135,6 +135,15 @@ pub struct CaFaults {
     pub invalid_authz: u32,
     /// Lose the response of the next `n` finalize calls (the CA processes them).
     pub lose_finalize_response: u32,
+    /// How long a finalized order stays `processing` before it is `valid` (0: at once). The
+    /// order's view carries a `Retry-After` until then.
+    pub processing_ms: u64,
+    /// Reuse authorizations: an identifier validated before comes back `valid` in a new order
+    /// (RFC 8555 §7.4, as Let's Encrypt does for 7 hours).
+    pub reuse_authz: bool,
+    /// Change the intermediate chain every this many issuances (0: never), as a CA rotating
+    /// its intermediates does.
+    pub chain_every: u64,
 }
 
 /// A model ACME CA answering at the level of driver outcomes.
@@ -156,6 +165,8 @@ pub struct ModelCa {
     pub new_orders: u64,
     orders: BTreeMap<String, ModelOrder>,
     certificates: BTreeMap<String, (UnixMillis, String)>,
+    validated: alloc::collections::BTreeSet<Identifier>,
+    issued: u64,
     next_id: u64,
 }
 
@@ -163,6 +174,8 @@ pub struct ModelCa {
 struct ModelOrder {
     set: String,
     status: OrderStatus,
+    /// When a `processing` order becomes `valid`.
+    valid_at: UnixMillis,
     authz: Vec<(String, Identifier, AuthzStatus)>,
     fail_validation: bool,
     certificate_url: Option<String>,
@@ -182,6 +195,8 @@ impl ModelCa {
             new_orders: 0,
             orders: BTreeMap::new(),
             certificates: BTreeMap::new(),
+            validated: alloc::collections::BTreeSet::new(),
+            issued: 0,
             next_id: 0,
         }
     }
@@ -210,11 +225,16 @@ impl ModelCa {
             Action::CreateOrder { identifiers, .. } => self.create_order(identifiers, now),
             Action::FetchAuthorizations { urls } => self.authorizations(urls),
             Action::MarkReady { urls, .. } => self.mark_ready(urls),
-            Action::FetchOrder { order_url } => match self.orders.get(order_url) {
-                Some(order) => Outcome::Order(view(order)),
+            Action::FetchOrder { order_url } => match self.orders.get_mut(order_url) {
+                Some(order) => {
+                    if order.status == OrderStatus::Processing && now >= order.valid_at {
+                        order.status = OrderStatus::Valid;
+                    }
+                    Outcome::Order(view(order))
+                }
                 None => Outcome::Failed(error(404, "malformed", "no such order", None)),
             },
-            Action::Finalize { order_url, .. } => self.finalize(order_url),
+            Action::Finalize { order_url, .. } => self.finalize(order_url, now),
             Action::Download { certificate_url } => self.download(certificate_url, now),
             Action::PrepareKey { .. } => {
                 self.next_id += 1;
@@ -271,19 +291,33 @@ impl ModelCa {
         let set: Vec<String> = identifiers.iter().map(Identifier::value).collect();
         let set = set.join(",");
         *self.orders_per_set.entry(set.clone()).or_default() += 1;
+        let reuse = self.faults.reuse_authz;
         let authz: Vec<(String, Identifier, AuthzStatus)> = identifiers
             .iter()
             .enumerate()
-            .map(|(i, id)| (format!("{url}/authz/{i}"), id.clone(), AuthzStatus::Pending))
+            .map(|(i, id)| {
+                let status = if reuse && self.validated.contains(id) {
+                    AuthzStatus::Valid
+                } else {
+                    AuthzStatus::Pending
+                };
+                (format!("{url}/authz/{i}"), id.clone(), status)
+            })
             .collect();
         let fail_validation = self.faults.invalid_authz > 0;
         if fail_validation {
             self.faults.invalid_authz -= 1;
         }
         let urls = authz.iter().map(|(u, _, _)| u.clone()).collect();
+        let all_valid = authz.iter().all(|(_, _, s)| *s == AuthzStatus::Valid);
         let order = ModelOrder {
             set,
-            status: OrderStatus::Pending,
+            status: if all_valid {
+                OrderStatus::Ready
+            } else {
+                OrderStatus::Pending
+            },
+            valid_at: UnixMillis::ZERO,
             authz,
             fail_validation,
             certificate_url: None,
@@ -341,11 +375,12 @@ impl ModelCa {
             };
             let authz_url = url.split("/chall/").next().unwrap_or_default();
             let fail = order.fail_validation;
-            for (u, _, status) in &mut order.authz {
+            for (u, identifier, status) in &mut order.authz {
                 if u == authz_url && *status == AuthzStatus::Pending {
                     *status = if fail {
                         AuthzStatus::Invalid
                     } else {
+                        self.validated.insert(identifier.clone());
                         AuthzStatus::Valid
                     };
                 }
@@ -363,7 +398,7 @@ impl ModelCa {
         Outcome::ChallengesReady
     }
 
-    fn finalize(&mut self, order_url: &str) -> Outcome {
+    fn finalize(&mut self, order_url: &str, now: UnixMillis) -> Outcome {
         let lose = self.faults.lose_finalize_response > 0;
         let Some(order) = self.orders.get_mut(order_url) else {
             return Outcome::Failed(error(404, "malformed", "no such order", None));
@@ -372,7 +407,12 @@ impl ModelCa {
             return Outcome::Failed(error(403, "orderNotReady", "order is not ready", None));
         }
         self.next_id += 1;
-        order.status = OrderStatus::Valid;
+        if self.faults.processing_ms > 0 {
+            order.status = OrderStatus::Processing;
+            order.valid_at = now.plus_ms(self.faults.processing_ms);
+        } else {
+            order.status = OrderStatus::Valid;
+        }
         order.certificate_url = Some(format!("https://acme.test/cert/{}", self.next_id));
         *self.issued_per_set.entry(order.set.clone()).or_default() += 1;
         let answer = view(order);
@@ -401,9 +441,14 @@ impl ModelCa {
         }
         let mut leaf = serial.to_le_bytes().to_vec();
         leaf.extend_from_slice(certificate_url.as_bytes());
+        self.issued += 1;
+        let generation = match self.faults.chain_every {
+            0 => 0,
+            every => self.issued / every,
+        };
         Outcome::Certificate {
             leaf_der: leaf,
-            chain_der: alloc::vec![alloc::vec![0x30, 0x82, 1, 2]],
+            chain_der: alloc::vec![alloc::vec![0x30, 0x82, 1, (2 + generation % 250) as u8]],
             not_before,
             not_after,
             ari_id,
@@ -418,8 +463,12 @@ fn challenge_token(authz_url: &str) -> String {
 fn view(order: &ModelOrder) -> OrderView {
     OrderView {
         status: order.status,
-        certificate_url: order.certificate_url.clone(),
-        retry_at: None,
+        // Only a valid order's certificate can be downloaded.
+        certificate_url: order
+            .certificate_url
+            .clone()
+            .filter(|_| order.status == OrderStatus::Valid),
+        retry_at: (order.status == OrderStatus::Processing).then_some(order.valid_at),
         error: None,
     }
 }
