@@ -378,6 +378,12 @@ impl<C: Clock, A: Acme> CycleTask<C, A> {
                     Outcome::Applied { lagging }
                 }
                 ca_action => {
+                    if !self.still_owns(&cert).await {
+                        return; // deposed: whoever leads resumes from what was committed
+                    }
+                    // The time of the call, not of the poll: the leadership check took a
+                    // round trip, and a Retry-After is relative to the call.
+                    let now = self.node.clock.now();
                     let mut outcome = self.node.acme.perform(ca_action, now).await;
                     if let Outcome::Failed(error) = &mut outcome
                         && mutation::active(Mutation::IgnoreRetryAfter)
@@ -388,6 +394,44 @@ impl<C: Clock, A: Acme> CycleTask<C, A> {
                 }
             };
             driver.handle_outcome(self.node.clock.now(), outcome);
+        }
+    }
+
+    /// Before each call to the CA: a quorum confirms this node still leads (a read index), and
+    /// the state, applied up to it, still gives the cycle to this term.
+    ///
+    /// A deposed leader learns of it only when it next hears from the others; until then its
+    /// applied state says it owns the cycle, and it would call the CA with what it remembers.
+    /// Found by the simulator (seed 34 of the processing-order knob): a leader paused for 9 s
+    /// woke up and polled an order 90 s before the Retry-After its successor had received.
+    /// One heartbeat round per CA call costs far less than the call.
+    async fn still_owns(&self, cert: &CertId) -> bool {
+        loop {
+            let confirmed = tokio::time::timeout(
+                self.node.config.write_deadline,
+                self.node.raft.ensure_linearizable(),
+            )
+            .await;
+            if matches!(confirmed, Ok(Ok(_))) {
+                // Confirmed leadership, but perhaps a newer one of this same node: a task of
+                // an earlier term must stop, or it would call with what only it remembers
+                // (seed 60: a node re-elected after a partition kept driving a cycle of its
+                // old term and lost the Retry-After it got).
+                if self.node.raft.metrics().borrow().current_term != self.term {
+                    return false;
+                }
+                return self.node.state_machine.read(|state| {
+                    state
+                        .cert(cert)
+                        .and_then(|record| record.open.as_deref())
+                        .is_some_and(|open| open.term == Term(self.term))
+                });
+            }
+            let metrics = self.node.raft.metrics().borrow().clone();
+            if metrics.current_term != self.term || metrics.current_leader != Some(metrics.id) {
+                return false;
+            }
+            tokio::time::sleep(self.node.config.tick.min(Duration::from_millis(200))).await;
         }
     }
 
