@@ -23,16 +23,20 @@ pub enum Mutation {
     /// The log store tells openraft an append is durable before it is synced, so a crash
     /// takes away entries the node acknowledged (I3, I4).
     AckUnsyncedWrites,
+    /// A leader calls the CA without confirming, before each call, that it still leads in the
+    /// cycle's term: a deposed leader calls with what it remembers (I9).
+    SkipLeadershipCheck,
 }
 
 impl Mutation {
     /// Every mutation.
-    pub const ALL: [Self; 5] = [
+    pub const ALL: [Self; 6] = [
         Self::SkipTermCheck,
         Self::NewOrderWhileOpen,
         Self::ServeBeforeApplied,
         Self::IgnoreRetryAfter,
         Self::AckUnsyncedWrites,
+        Self::SkipLeadershipCheck,
     ];
 
     /// The switch's name on the command line (`--mutation <name>`).
@@ -44,6 +48,7 @@ impl Mutation {
             Self::ServeBeforeApplied => "serve-before-applied",
             Self::IgnoreRetryAfter => "ignore-retry-after",
             Self::AckUnsyncedWrites => "ack-unsynced-writes",
+            Self::SkipLeadershipCheck => "skip-leadership-check",
         }
     }
 

@@ -22,7 +22,7 @@ fn caught(mutation: &str, seed: u64, invariant: &str) {
     );
 }
 
-// Seeds found with `certfleet-sim --seeds 0..100 --mutation NAME`.
+// Seeds found with `certfleet-sim --seeds 0..100 --mutation NAME` (0..40 for the last).
 
 #[test]
 fn skipping_the_term_check_in_apply_is_caught_by_i2() {
@@ -47,4 +47,9 @@ fn ignoring_retry_after_is_caught_by_i9() {
 #[test]
 fn acknowledging_unsynced_writes_is_caught_by_i3() {
     caught("ack-unsynced-writes", 39, "I3 durability");
+}
+
+#[test]
+fn calling_the_ca_without_confirming_the_leadership_is_caught_by_i9() {
+    caught("skip-leadership-check", 23, "I9 retry-after");
 }
