@@ -20,16 +20,18 @@
 //! issue #5; the books and checks here stay.
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use certfleet::node::{Acme, Clock, SystemClock};
 use certfleet::raft::StateMachineStore;
+use certfleet::raft::types::TypeConfig;
 use certfleet_core::budget::Rate;
 use certfleet_core::command::AriWindow;
 use certfleet_core::order::{Action, CaError, Outcome};
 use certfleet_core::testing::ModelCa;
 use certfleet_core::time::mix;
 use certfleet_core::{CertId, Cycle, UnixMillis};
+use openraft::Raft;
 
 /// A protocol window in which the harness may kill the leader (SIMULATION "Process").
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -84,6 +86,18 @@ pub struct CaFaultPlan {
     pub lost_finalize: u32,
     /// Leader kills to request, one per window in order, each at the first matching call.
     pub kills: Vec<Window>,
+    /// Nodes each validation asks (Let's Encrypt's multi-perspective validation); all must
+    /// answer.
+    pub perspectives: u64,
+    /// Finalized orders stay `processing` this long.
+    pub processing_ms: u64,
+    /// Authorizations of identifiers validated before come back `valid`.
+    pub reuse_authz: bool,
+    /// The intermediate chain changes every this many issuances (0: never).
+    pub chain_every: u64,
+    /// Certificates carry ARI ids (orders then name the one they replace) and renewal info
+    /// is served.
+    pub ari: bool,
 }
 
 /// A node the load balancer can send the CA's validation request to.
@@ -120,6 +134,9 @@ pub struct CaBooks {
     /// Requests shortly after an account-wide `Retry-After` was sent, while the cluster could
     /// not yet know of it (other cycles' calls already under way; counted, allowed).
     pub early_requests_in_flight: u64,
+    /// Requests before a Retry-After that another leadership received: one deposed or cut off
+    /// before it could commit it, or one newer than the (deposed, unaware) caller.
+    pub early_requests_lost_with_leader: u64,
     /// Injected faults that fired, by kind.
     pub faults_fired: BTreeMap<&'static str, u64>,
     /// Kill requests made.
@@ -148,7 +165,15 @@ struct Inner {
     /// GCRA arrival times, per limit key.
     arrivals: BTreeMap<String, UnixMillis>,
     /// Retry-After instants (true time) handed out, per resource.
-    blocked_until: BTreeMap<String, (UnixMillis, bool)>,
+    /// Per resource: until when, whether account-wide, and the Raft term of the caller it was
+    /// sent to.
+    blocked_until: BTreeMap<String, (UnixMillis, bool, u64)>,
+    /// The Raft term of the node making the current call (its leadership, if it leads).
+    caller_term: u64,
+    /// The node making the current call.
+    caller_node: u64,
+    /// When each node last resumed from a pause (true time).
+    resumed: BTreeMap<u64, UnixMillis>,
     backends: BTreeMap<u64, Backend>,
     seed: u64,
     picks: u64,
@@ -180,6 +205,10 @@ impl SimCa {
         let mut model = ModelCa::new(lifetime_ms);
         model.faults.invalid_authz = faults.invalid_authz;
         model.faults.lose_finalize_response = faults.lost_finalize;
+        model.faults.processing_ms = faults.processing_ms;
+        model.faults.reuse_authz = faults.reuse_authz;
+        model.faults.chain_every = faults.chain_every;
+        model.ari = faults.ari;
         Self {
             inner: Mutex::new(Inner {
                 model,
@@ -188,6 +217,9 @@ impl SimCa {
                 certs_per_set: limits.1,
                 arrivals: BTreeMap::new(),
                 blocked_until: BTreeMap::new(),
+                caller_term: 0,
+                caller_node: 0,
+                resumed: BTreeMap::new(),
                 backends: BTreeMap::new(),
                 seed,
                 picks: 0,
@@ -280,7 +312,7 @@ impl Inner {
             keys.push(ACCOUNT.into());
         }
         for key in keys {
-            let Some(&(until, account_wide)) = self.blocked_until.get(&key) else {
+            let Some(&(until, account_wide, receiver)) = self.blocked_until.get(&key) else {
                 continue;
             };
             // Two clocks may each be off by the bound, in opposite directions.
@@ -291,11 +323,31 @@ impl Inner {
                 self.books.early_requests_in_flight += 1;
                 continue;
             }
+            // A Retry-After reaches one leader; the cluster knows it once that leader commits
+            // it. Two losses no client avoids are counted apart: the leader that received it
+            // was deposed or cut off before it could commit it (a later leader calls), and a
+            // deposed leader that does not know it yet, stalled between its leadership check
+            // and its call (a process pause), calls with what it knew.
+            let sent = self.arrivals.get(&format!("sent {key}")).copied();
+            let stalled = self
+                .resumed
+                .get(&self.caller_node)
+                .is_some_and(|resumed| sent.is_some_and(|sent| *resumed >= sent));
+            let lost = match self.caller_term.cmp(&receiver) {
+                std::cmp::Ordering::Greater => !self.wait_committed(&key, until),
+                std::cmp::Ordering::Less => stalled,
+                std::cmp::Ordering::Equal => false,
+            };
+            if lost {
+                self.books.early_requests_lost_with_leader += 1;
+                continue;
+            }
             self.books.early_requests.push(format!(
-                "{} for {key} at +{} ms, {} ms before the Retry-After",
+                "{} for {key} at +{} ms, {} ms before the Retry-After (sent in term {receiver}, called in term {})",
                 action_name(action),
                 true_now.ms_since(self.origin),
-                until.ms_since(true_now)
+                until.ms_since(true_now),
+                self.caller_term
             ));
         }
     }
@@ -306,9 +358,50 @@ impl Inner {
             .is_some_and(|sent| true_now.ms_since(*sent) <= RETRY_AFTER_PROPAGATION_MS)
     }
 
+    /// Whether the furthest node's applied state holds a wait for `key` until about `until`:
+    /// an open cycle's committed Retry-After (order URLs, and `newOrder` at `Begun`), a closed
+    /// cycle's backoff (`newOrder`), or the account's throttle.
+    fn wait_committed(&self, key: &str, until: UnixMillis) -> bool {
+        let Some(furthest) = self
+            .backends
+            .values()
+            .max_by_key(|b| *b.state_machine.applied_index().borrow())
+        else {
+            return false;
+        };
+        let floor = UnixMillis(until.0.saturating_sub(2 * self.skew_ms_max));
+        let holds = |at: Option<UnixMillis>| at.is_some_and(|at| at >= floor);
+        furthest.state_machine.read(|state| {
+            // One issuer in the simulation.
+            let throttled = state
+                .certs()
+                .next()
+                .and_then(|(_, record)| state.account(&record.spec.issuer))
+                .is_some_and(|account| holds(account.throttled_until));
+            if key == ACCOUNT {
+                return throttled;
+            }
+            if let Some(cert) = key.strip_prefix("newOrder ") {
+                return throttled
+                    || state.certs().any(|(id, record)| {
+                        id.as_str() == cert
+                            && (holds(record.retry_at)
+                                || holds(record.open.as_ref().map(|o| o.not_before)))
+                    });
+            }
+            state.open_cycles().any(|(_, open)| {
+                open.step.order().is_some_and(|order| {
+                    // The order itself, or a URL under it (authorizations, challenges).
+                    key.strip_prefix(order.url.as_str())
+                        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+                }) && holds(Some(open.not_before))
+            })
+        })
+    }
+
     fn block(&mut self, key: &str, until: UnixMillis, account_wide: bool, true_now: UnixMillis) {
         self.blocked_until
-            .insert(key.to_owned(), (until, account_wide));
+            .insert(key.to_owned(), (until, account_wide, self.caller_term));
         self.arrivals.insert(format!("sent {key}"), true_now);
     }
 
@@ -341,7 +434,15 @@ impl Inner {
 
     /// Picks the node the load balancer sends the validation request to, and checks its answer.
     fn validate(&mut self, urls: &[String], members_behind: u32, true_now: UnixMillis) {
-        for url in urls {
+        // Every perspective (Let's Encrypt validates from several) reaches its own node.
+        let checks = urls
+            .iter()
+            .flat_map(|url| std::iter::repeat_n(url, self.faults.perspectives.max(1) as usize));
+        let mut failed: Vec<String> = Vec::new();
+        for url in checks {
+            if failed.contains(url) {
+                continue;
+            }
             self.books.validations += 1;
             self.picks += 1;
             let hosts: Vec<u64> = self.backends.keys().copied().collect();
@@ -369,6 +470,7 @@ impl Inner {
                 .max_by_key(|b| *b.state_machine.applied_index().borrow());
             let held_anywhere = furthest.is_some_and(holds);
             self.model.fail_validation(url);
+            failed.push(url.clone());
             if !held_anywhere {
                 // The furthest node does not hold it: the cycle moved on (failed, taken over) and the call came
                 // from a leader that was deposed without knowing it yet. Raft fences commits,
@@ -401,12 +503,57 @@ fn action_name(action: &Action) -> &'static str {
     }
 }
 
-impl Acme for SimCa {
+/// The CA as one node reaches it: calls carry the term of the node's leadership, so the CA's
+/// books know which leadership each `Retry-After` went to.
+pub struct NodeCa {
+    ca: Arc<SimCa>,
+    raft: Raft<TypeConfig>,
+}
+
+impl NodeCa {
+    /// `raft`'s calls to `ca`.
+    #[must_use]
+    pub fn new(ca: Arc<SimCa>, raft: Raft<TypeConfig>) -> Self {
+        Self { ca, raft }
+    }
+}
+
+impl Acme for NodeCa {
     async fn perform(&self, action: Action, now: UnixMillis) -> Outcome {
+        // The term of the leadership the node believes it holds; 0 if it knows it does not
+        // lead (it has seen a newer term): nothing it hears can be committed by it.
+        let (node, term) = {
+            let metrics = self.raft.metrics().borrow().clone();
+            let term = if metrics.current_leader == Some(metrics.id) {
+                metrics.current_term
+            } else {
+                0
+            };
+            (metrics.id, term)
+        };
+        self.ca.perform_as(node, term, action, now).await
+    }
+
+    async fn renewal_info(&self, ari_id: &str, now: UnixMillis) -> Option<AriWindow> {
+        self.ca.renewal_info(ari_id, now)
+    }
+}
+
+impl SimCa {
+    /// A node resumed from a pause: a call it was about to make when it stopped goes out now,
+    /// whatever its leadership check said before the pause.
+    pub fn note_resume(&self, node: u64) {
+        self.inner().resumed.insert(node, SystemClock.now());
+    }
+
+    /// A call from `node`, leading in Raft term `term` (0: not leading).
+    async fn perform_as(&self, node: u64, term: u64, action: Action, now: UnixMillis) -> Outcome {
         let true_now = SystemClock.now();
         let (outcome, kill) = {
             let mut inner = self.inner();
             let inner = &mut *inner;
+            inner.caller_term = term;
+            inner.caller_node = node;
             if matches!(action, Action::PrepareKey { .. }) {
                 return inner
                     .model
@@ -594,6 +741,21 @@ impl Acme for SimCa {
                 inner.books.kills.push(request.clone());
                 Some(request)
             });
+            // A `processing` order's Retry-After: kept in the books (I9) unless the reply goes
+            // to a leader killed before it arrives, and sent as the relative header it is,
+            // which the leader's clock turns into an instant.
+            let outcome = match outcome {
+                Outcome::Order(mut view) => {
+                    if let Some(at) = view.retry_at.filter(|at| *at > true_now) {
+                        if kill.is_none() {
+                            inner.block(&key, at, false, true_now);
+                        }
+                        view.retry_at = Some(now.plus_ms(at.ms_since(true_now)));
+                    }
+                    Outcome::Order(view)
+                }
+                other => other,
+            };
             (outcome, kill)
         };
         if let Some(request) = kill {
@@ -604,7 +766,7 @@ impl Acme for SimCa {
         outcome
     }
 
-    async fn renewal_info(&self, ari_id: &str, _now: UnixMillis) -> Option<AriWindow> {
+    fn renewal_info(&self, ari_id: &str, _now: UnixMillis) -> Option<AriWindow> {
         self.inner().model.renewal_info(ari_id)
     }
 }

@@ -23,7 +23,7 @@ use madsim::runtime::{Handle, NodeHandle};
 use openraft::{BasicNode, Config, Raft};
 
 use crate::SimOptions;
-use crate::ca::{Backend, CaBooks, CaFaultPlan, KillRequest, SimCa};
+use crate::ca::{Backend, CaBooks, CaFaultPlan, KillRequest, NodeCa, SimCa};
 use crate::invariants::{
     i01_orders, i02_terms, i03_durability, i04_convergence, i05_monotonic, i06_validity,
     i07_challenges, i08_budget, i09_retry_after, i10_sealed, i11_determinism, i13_bounded,
@@ -65,12 +65,13 @@ pub const LOG_KEPT_AFTER_SNAPSHOT: u64 = 20;
 pub const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 1);
 
 /// Fault classes a run can inject (SIMULATION: a batch fails if one never fired).
-pub const FAULT_CLASSES: [&str; 14] = [
+pub const FAULT_CLASSES: [&str; 15] = [
     "edge-removed",
     "voter-demoted",
     "crash",
     "crash-long",
     "clog",
+    "swizzle-clog",
     "partition",
     "partition-one-way",
     "pause",
@@ -105,8 +106,13 @@ pub struct Outcome {
     pub cycles: u64,
     /// Orders the CA created (DESIGN §5: at most one per cycle plus leadership changes).
     pub orders: u64,
+    /// Orders beyond the first of their cycle (each within I1's bound).
+    pub extra_orders: u64,
     /// Validation misses after the leader went ahead of lagging members (I7, allowed).
     pub misses_after_timeout: u64,
+    /// Calls before a `Retry-After` that a deposed leader received and could not commit (I9,
+    /// counted apart).
+    pub early_lost_with_leader: u64,
     /// Faults that fired, by class.
     pub faults_fired: BTreeMap<&'static str, u64>,
     /// Virtual milliseconds the run covered.
@@ -342,7 +348,7 @@ fn start_host(
                     raft.clone(),
                     state_machine.clone(),
                     clock,
-                    shared.ca,
+                    Arc::new(NodeCa::new(shared.ca, raft.clone())),
                     config,
                 );
                 lock(&stats).push(driver.stats());
@@ -416,6 +422,8 @@ enum Fault {
     },
     Clog {
         target: u64,
+        /// Part of a swizzle-clog.
+        swizzle: bool,
     },
     Partition {
         side: Vec<u64>,
@@ -477,8 +485,14 @@ impl Run {
             invalid_authz: options.ca_invalid_authz,
             lost_finalize: options.ca_lost_finalize,
             kills: options.kill_windows.clone(),
+            perspectives: options.ca_perspectives,
+            processing_ms: options.ca_processing_ms,
+            reuse_authz: options.ca_reuse_authz,
+            chain_every: options.ca_chain_every,
+            ari: options.ca_ari,
             ..CaFaultPlan::default()
         };
+
         for _ in 0..options.ca_down {
             let start = now.plus_ms(choices.below(SAFETY_MS * 3 / 4));
             let length = 60_000 + choices.below(9 * 60_000);
@@ -684,7 +698,35 @@ impl Run {
             let target = 1 + self.choices.below(hosts);
             let at = self.choices.below(span);
             let length = 1_000 + self.choices.below(59_000);
-            self.at(at, Event::Inject(Fault::Clog { target }, length));
+            let clog = Fault::Clog {
+                target,
+                swizzle: false,
+            };
+            self.at(at, Event::Inject(clog, length));
+        }
+        for _ in 0..options.swizzles {
+            let mut chosen: Vec<u64> = (1..=hosts).filter(|_| self.choices.below(2) == 0).collect();
+            if chosen.is_empty() {
+                chosen.push(1 + self.choices.below(hosts));
+            }
+            let count = chosen.len() as u64;
+            // The unclog order: a random permutation of the clog order.
+            let mut unclog: Vec<u64> = (0..count).collect();
+            for i in (1..unclog.len()).rev() {
+                let j = self.choices.below(i as u64 + 1) as usize;
+                unclog.swap(i, j);
+            }
+            let at = self.choices.below(span);
+            let step = 500 + self.choices.below(4_500);
+            for (i, target) in (0u64..).zip(chosen) {
+                let start = at + i * step;
+                let end = at + (count + 1 + unclog[i as usize]) * step;
+                let clog = Fault::Clog {
+                    target,
+                    swizzle: true,
+                };
+                self.at(start, Event::Inject(clog, end - start));
+            }
         }
         for _ in 0..options.partitions {
             let mut side: Vec<u64> = (1..=hosts).filter(|_| self.choices.below(2) == 0).collect();
@@ -1023,9 +1065,9 @@ impl Run {
                     report.kept
                 );
             }
-            Fault::Clog { target } => {
+            Fault::Clog { target, swizzle } => {
                 net.clog_node(self.hosts[*target as usize - 1].node.id());
-                self.fired("clog");
+                self.fired(if *swizzle { "swizzle-clog" } else { "clog" });
                 note!(&mut self.trace, "{:>8} clog n{target}", self.elapsed());
             }
             Fault::Partition { side, one_way } => {
@@ -1088,7 +1130,7 @@ impl Run {
                 host.up = true;
                 note!(&mut self.trace, "{:>8} restart n{target}", self.elapsed());
             }
-            Fault::Clog { target } => {
+            Fault::Clog { target, .. } => {
                 net.unclog_node(self.hosts[*target as usize - 1].node.id());
                 note!(&mut self.trace, "{:>8} unclog n{target}", self.elapsed());
             }
@@ -1110,6 +1152,7 @@ impl Run {
                 }
                 self.handle.resume(host.node.id());
                 host.paused = false;
+                self.shared.ca.note_resume(*target);
                 note!(&mut self.trace, "{:>8} resume n{target}", self.elapsed());
             }
         }
@@ -1270,7 +1313,9 @@ impl Run {
             trace: self.trace,
             cycles: orders.cycles,
             orders: orders.orders,
+            extra_orders: orders.extra_orders,
             misses_after_timeout: books.misses_after_timeout,
+            early_lost_with_leader: books.early_requests_lost_with_leader,
             faults_fired,
             virtual_ms: self.started.elapsed().as_millis() as u64,
             snapshot_installs,
@@ -1296,7 +1341,7 @@ impl Run {
         note!(&mut self.trace, "faults: {}", fired.join(" "));
         note!(
             &mut self.trace,
-            "cycles={} orders={} extra_orders={} leader_changes={leader_changes} validations={} misses_after_timeout={} misses_after_restart={} misses_withdrawn={} early_in_flight={}",
+            "cycles={} orders={} extra_orders={} leader_changes={leader_changes} validations={} misses_after_timeout={} misses_after_restart={} misses_withdrawn={} early_in_flight={} early_lost_with_leader={}",
             orders.cycles,
             orders.orders,
             orders.extra_orders,
@@ -1304,7 +1349,8 @@ impl Run {
             books.misses_after_timeout,
             books.misses_after_restart,
             books.misses_withdrawn,
-            books.early_requests_in_flight
+            books.early_requests_in_flight,
+            books.early_requests_lost_with_leader
         );
         note!(
             &mut self.trace,
@@ -1404,6 +1450,8 @@ pub fn sim_policy() -> certfleet_core::Policy {
             count: 10_000,
             period_ms: 3_600_000,
         },
+        // The policy's floor (12 h) is far beyond these lifetimes, so ARI windows are not
+        // polled in a run (certificates still carry ARI ids and orders name `replaces`).
         ari_poll_interval_ms: 12 * 3_600_000,
         ..certfleet_core::Policy::default()
     }

@@ -26,6 +26,9 @@ pub struct SimOptions {
     pub long_outage_percent: u64,
     /// Single-node isolations.
     pub clogs: u64,
+    /// Swizzle-clogs (FoundationDB): a random half of the hosts clogged one by one, then
+    /// unclogged in another order.
+    pub swizzles: u64,
     /// Partitions of the hosts into two sides (symmetric or one-way).
     pub partitions: u64,
     /// Process pauses (the node stops, its peers time out, it resumes where it was).
@@ -51,6 +54,16 @@ pub struct SimOptions {
     pub ca_invalid_authz: u32,
     /// Finalize responses the CA loses.
     pub ca_lost_finalize: u32,
+    /// Nodes each validation asks (1–3 perspectives).
+    pub ca_perspectives: u64,
+    /// How long finalized orders stay `processing` (0: valid at once).
+    pub ca_processing_ms: u64,
+    /// Whether the CA reuses valid authorizations.
+    pub ca_reuse_authz: bool,
+    /// The CA changes its intermediate chain every this many issuances (0: never).
+    pub ca_chain_every: u64,
+    /// Whether the CA offers ARI (RFC 9773).
+    pub ca_ari: bool,
     /// Protocol windows in which the leader is killed (SIMULATION "targeted kills").
     pub kill_windows: Vec<Window>,
     /// A known bug switched back on (tests and `--mutation`; never drawn from the seed).
@@ -75,6 +88,7 @@ impl SimOptions {
             crashes: draw(b"crashes", 6),
             long_outage_percent: draw(b"long-outage", 50),
             clogs: draw(b"clogs", 4),
+            swizzles: draw(b"swizzles", 2),
             partitions: draw(b"partitions", 3),
             pauses: draw(b"pauses", 3),
             churns: draw(b"churns", 3),
@@ -91,6 +105,19 @@ impl SimOptions {
             ca_rate_limited: draw(b"ca-429", 4),
             ca_invalid_authz: draw(b"ca-invalid", 4) as u32,
             ca_lost_finalize: draw(b"ca-lost", 3) as u32,
+            ca_perspectives: 1 + draw(b"ca-perspectives", 3),
+            ca_processing_ms: if draw(b"ca-processing", 2) == 0 {
+                0
+            } else {
+                1_000 + draw(b"ca-processing-ms", 180_000)
+            },
+            ca_reuse_authz: draw(b"ca-reuse", 2) == 0,
+            ca_chain_every: if draw(b"ca-chains", 2) == 0 {
+                0
+            } else {
+                5 + draw(b"ca-chain-every", 45)
+            },
+            ca_ari: draw(b"ca-ari", 2) == 0,
             kill_windows,
             mutation: None,
         }
@@ -109,7 +136,7 @@ impl fmt::Display for SimOptions {
         let kills: Vec<&str> = self.kill_windows.iter().map(|w| w.name()).collect();
         write!(
             f,
-            "seed={} voters={} edges={} writes={} bulk={}% crashes={} long={}% clogs={} partitions={} pauses={} churns={} latency_ms<={} sync_ms={} torn_max={} skew_ms<={} jumps={} ca_down={} ca_429={} ca_invalid={} ca_lost_finalize={} kills=[{}]",
+            "seed={} voters={} edges={} writes={} bulk={}% crashes={} long={}% clogs={} swizzles={} partitions={} pauses={} churns={} latency_ms<={} sync_ms={} torn_max={} skew_ms<={} jumps={} ca_down={} ca_429={} ca_invalid={} ca_lost_finalize={} ca_perspectives={} ca_processing_ms={} ca_reuse_authz={} ca_chain_every={} ca_ari={} kills=[{}]",
             self.seed,
             self.voters,
             self.edges,
@@ -118,6 +145,7 @@ impl fmt::Display for SimOptions {
             self.crashes,
             self.long_outage_percent,
             self.clogs,
+            self.swizzles,
             self.partitions,
             self.pauses,
             self.churns,
@@ -130,6 +158,11 @@ impl fmt::Display for SimOptions {
             self.ca_rate_limited,
             self.ca_invalid_authz,
             self.ca_lost_finalize,
+            self.ca_perspectives,
+            self.ca_processing_ms,
+            self.ca_reuse_authz,
+            self.ca_chain_every,
+            self.ca_ari,
             kills.join(",")
         )?;
         if let Some(mutation) = self.mutation {
@@ -168,6 +201,7 @@ mod tests {
         let batch: Vec<SimOptions> = (0..50).map(SimOptions::from_seed).collect();
         assert!(batch.iter().any(|o| o.crashes > 0));
         assert!(batch.iter().any(|o| o.partitions > 0));
+        assert!(batch.iter().any(|o| o.swizzles > 0));
         assert!(batch.iter().any(|o| o.pauses > 0));
         assert!(batch.iter().any(|o| o.churns > 0));
         assert!(batch.iter().any(|o| o.skew_ms_max > 0 && o.clock_jumps > 0));

@@ -157,10 +157,12 @@ fn one(args: &Args) -> ExitCode {
         .map(|(class, count)| format!("{class}:{count}"))
         .collect();
     println!(
-        "stats: violations={} cycles={} orders={} virtual_ms={} installs={} fired={}",
+        "stats: violations={} cycles={} orders={} extra_orders={} early_lost={} virtual_ms={} installs={} fired={}",
         outcome.violations.len(),
         outcome.cycles,
         outcome.orders,
+        outcome.extra_orders,
+        outcome.early_lost_with_leader,
         outcome.virtual_ms,
         outcome.snapshot_installs,
         fired.join(",")
@@ -255,10 +257,15 @@ fn batch(args: &Args) -> ExitCode {
     println!("faults fired: {}", fired.join(" "));
     println!("snapshots installed: {}", totals.installs);
     println!(
-        "{} cycles, {} orders ({:.5} orders per cycle); {:.1} virtual hours ({:.2} per seed); {:.1} seeds per minute",
+        "calls before a Retry-After a deposed leader received and could not commit: {}",
+        totals.early_lost
+    );
+    println!(
+        "{} cycles, {} orders ({:.5} orders per cycle, {} beyond the first of their cycle); {:.1} virtual hours ({:.2} per seed); {:.1} seeds per minute",
         totals.cycles,
         totals.orders,
         totals.orders as f64 / totals.cycles.max(1) as f64,
+        totals.extra_orders,
         totals.virtual_ms as f64 / 3_600_000.0,
         totals.virtual_ms as f64 / 3_600_000.0 / totals.runs.max(1) as f64,
         totals.runs as f64 * 60.0 / wall.elapsed().as_secs_f64().max(0.001)
@@ -278,6 +285,8 @@ struct Totals {
     violations: u64,
     cycles: u64,
     orders: u64,
+    extra_orders: u64,
+    early_lost: u64,
     virtual_ms: u64,
     installs: u64,
     fired: std::collections::BTreeMap<String, u64>,
@@ -296,6 +305,8 @@ impl Totals {
                 "violations" => self.violations += number,
                 "cycles" => self.cycles += number,
                 "orders" => self.orders += number,
+                "extra_orders" => self.extra_orders += number,
+                "early_lost" => self.early_lost += number,
                 "virtual_ms" => self.virtual_ms += number,
                 "installs" => self.installs += number,
                 "fired" => {
