@@ -175,6 +175,8 @@ struct Inner {
     /// When each node last resumed from a pause (true time).
     resumed: BTreeMap<u64, UnixMillis>,
     backends: BTreeMap<u64, Backend>,
+    /// Nodes out of the membership, hence of the load balancer.
+    withdrawn: std::collections::BTreeSet<u64>,
     seed: u64,
     picks: u64,
     /// True time the CA started (traces show times relative to it).
@@ -221,6 +223,7 @@ impl SimCa {
                 caller_node: 0,
                 resumed: BTreeMap::new(),
                 backends: BTreeMap::new(),
+                withdrawn: std::collections::BTreeSet::new(),
                 seed,
                 picks: 0,
                 origin: SystemClock.now(),
@@ -239,7 +242,27 @@ impl SimCa {
 
     /// Puts a node behind the load balancer (at its start).
     pub fn add_backend(&self, host: u64, backend: Backend) {
-        self.inner().backends.insert(host, backend);
+        let mut inner = self.inner();
+        // A node restarted while out of the membership stays out of the load balancer.
+        if !inner.withdrawn.contains(&host) {
+            inner.backends.insert(host, backend);
+        }
+    }
+
+    /// Takes a node out of the load balancer while it is out of the membership: its restarts
+    /// do not put it back. Found by seed 10903: an edge removed from the cluster, then
+    /// crashed and restarted, was back behind the load balancer with a state nobody updated.
+    pub fn withdraw(&self, host: u64) {
+        let mut inner = self.inner();
+        inner.backends.remove(&host);
+        inner.withdrawn.insert(host);
+    }
+
+    /// Puts a node back behind the load balancer.
+    pub fn readmit(&self, host: u64, backend: Backend) {
+        let mut inner = self.inner();
+        inner.withdrawn.remove(&host);
+        inner.backends.insert(host, backend);
     }
 
     /// Takes a node out (at its crash).

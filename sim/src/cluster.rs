@@ -1004,10 +1004,26 @@ impl Run {
             if done { "done" } else { "failed" }
         );
         if !voter {
-            // The load balancer follows the membership.
+            // The load balancer follows the membership; a re-added edge goes back behind it
+            // once it has caught up with what the leader had applied (its readiness probe), as
+            // an operator's health check would have it: challenges published while it was out
+            // were never waited for on it.
             if back {
+                let caught_up = self.leader().map_or(0, |leader| {
+                    leader
+                        .metrics()
+                        .borrow()
+                        .last_applied
+                        .map_or(0, |id| id.index)
+                });
                 if let Some(state_machine) = self.hosts[target as usize - 1].state_machine() {
-                    self.shared.ca.add_backend(
+                    for _ in 0..150 {
+                        if *state_machine.applied_index().borrow() >= caught_up {
+                            break;
+                        }
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                    self.shared.ca.readmit(
                         target,
                         Backend {
                             state_machine,
@@ -1016,7 +1032,7 @@ impl Run {
                     );
                 }
             } else if done {
-                self.shared.ca.remove_backend(target);
+                self.shared.ca.withdraw(target);
             }
         }
         if done && !back {
