@@ -253,6 +253,24 @@ struct Shared {
     journal: Arc<Mutex<Journal>>,
 }
 
+/// Whether `leader` still leads (a quorum confirms it) and its membership is committed. A
+/// stale leader cut off from the others answers a membership change it already holds, but has
+/// not committed, at once: found by seed 105554519 (CI), where an edge's re-add lived only in
+/// a clogged leader's log, was truncated, and the edge was never replicated to again.
+async fn membership_committed(leader: &Raft<TypeConfig>) -> bool {
+    let confirmed =
+        tokio::time::timeout(Duration::from_secs(5), leader.ensure_linearizable()).await;
+    if !matches!(confirmed, Ok(Ok(_))) {
+        return false;
+    }
+    let metrics = leader.metrics().borrow().clone();
+    let applied = metrics.last_applied.map_or(0, |id| id.index);
+    metrics
+        .membership_config
+        .log_id()
+        .is_none_or(|id| id.index <= applied)
+}
+
 fn start_host(
     handle: &Handle,
     id: NodeId,
@@ -470,6 +488,8 @@ struct Run {
     entries_lost: usize,
     entries_torn: usize,
     leader_crashes: u64,
+    /// Members whose return failed: put back when the faults are removed.
+    membership_retry: Vec<(u64, bool)>,
 }
 
 impl Run {
@@ -543,6 +563,7 @@ impl Run {
             hosts,
             shared,
             kills,
+            membership_retry: Vec::new(),
             choices,
             schedule: BTreeMap::new(),
             sequence: 0,
@@ -899,10 +920,14 @@ impl Run {
 
     /// The Raft handle of the node that currently leads, if one is known and up.
     fn leader(&self) -> Option<Raft<TypeConfig>> {
+        // Of the nodes that believe they lead, the newest leadership: a stale leader cut off
+        // from the others still believes it leads (seed 105554519: membership changes sent to
+        // a clogged leader for as long as it stayed clogged).
         self.hosts
             .iter()
-            .find(|h| Self::is_leader(h).is_some())
-            .and_then(Host::raft)
+            .filter_map(|h| Some((Self::is_leader(h)?, h)))
+            .max_by_key(|(term, _)| *term)
+            .and_then(|(_, h)| h.raft())
     }
 
     fn kill_leader(&mut self, request: &KillRequest) {
@@ -948,6 +973,7 @@ impl Run {
         let node = BasicNode {
             addr: self.hosts[target as usize - 1].addr.to_string(),
         };
+        let mut committed = false;
         for _ in 0..50 {
             let Some(leader) = self.leader() else {
                 tokio::time::sleep(Duration::from_millis(200)).await;
@@ -964,7 +990,8 @@ impl Run {
                         leader.add_learner(target, node.clone(), false),
                     )
                     .await;
-                    if matches!(added, Ok(Ok(_))) {
+                    if matches!(added, Ok(Ok(_))) && membership_committed(&leader).await {
+                        committed = true;
                         break;
                     }
                     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -974,7 +1001,9 @@ impl Run {
             if matches!(
                 tokio::time::timeout(Duration::from_secs(10), change).await,
                 Ok(Ok(_))
-            ) {
+            ) && membership_committed(&leader).await
+            {
+                committed = true;
                 break;
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
@@ -995,7 +1024,13 @@ impl Run {
                 voters.contains(&target) || learners.contains(&target)
             }
         });
-        let done = present == Some(back);
+        // A return counts once committed; a removal as soon as the newest leader holds it (if
+        // it is truncated after all, the node is merely out of the load balancer until its
+        // return).
+        let done = present == Some(back) && (committed || !back);
+        if back && !done {
+            self.membership_retry.push((target, voter));
+        }
         note!(
             &mut self.trace,
             "{:>8} {} {what} n{target}: {}",
@@ -1008,7 +1043,7 @@ impl Run {
             // once it has caught up with what the leader had applied (its readiness probe), as
             // an operator's health check would have it: challenges published while it was out
             // were never waited for on it.
-            if back {
+            if back && done {
                 let caught_up = self.leader().map_or(0, |leader| {
                     leader
                         .metrics()
@@ -1189,6 +1224,9 @@ impl Run {
             for b in &self.hosts {
                 net.unclog_link(a.node.id(), b.node.id());
             }
+        }
+        for (target, voter) in std::mem::take(&mut self.membership_retry) {
+            self.change_membership(target, voter, true).await;
         }
         self.shared.ca.heal();
         for task in std::mem::take(&mut self.in_flight) {
