@@ -132,6 +132,20 @@ impl<C: Clock, A: Acme> Clone for Shared<C, A> {
     }
 }
 
+impl<C: Clock, A: Acme> Shared<C, A> {
+    /// A quorum confirms this node leads, and the state is applied up to the read index.
+    async fn confirm_leadership(&self) -> bool {
+        let confirmed =
+            tokio::time::timeout(self.config.write_deadline, self.raft.ensure_linearizable()).await;
+        matches!(confirmed, Ok(Ok(_)))
+    }
+
+    /// The pause before trying again after a failed confirmation.
+    async fn retry_pause(&self) {
+        tokio::time::sleep(self.config.tick.min(Duration::from_millis(200))).await;
+    }
+}
+
 impl<C: Clock, A: Acme> NodeDriver<C, A> {
     /// A driver for the node behind `raft`.
     pub fn new(
@@ -172,7 +186,7 @@ impl<C: Clock, A: Acme> NodeDriver<C, A> {
             if leader {
                 self.lead(id, term).await;
             } else {
-                tokio::time::sleep(self.node.config.tick.min(Duration::from_millis(200))).await;
+                self.node.retry_pause().await;
             }
         }
     }
@@ -184,13 +198,31 @@ impl<C: Clock, A: Acme> NodeDriver<C, A> {
         // believes it leads until it hears otherwise, and would drive cycles from a replay that
         // is behind the cluster. Found by the simulator (seed 1: a restarted node told the CA
         // a challenge was ready that the cluster had already withdrawn).
-        let confirmed = tokio::time::timeout(
-            self.node.config.write_deadline,
-            self.node.raft.ensure_linearizable(),
-        )
+        if !self.node.confirm_leadership().await {
+            self.node.retry_pause().await;
+            return;
+        }
+        // Then apply this leader's whole log. A node restarted with a committed vote of its own
+        // leads again in the same term without a new blank entry, so the read index can stop
+        // short of what its earlier process proposed; its cycles would start from a state
+        // that lacks them. Found by the simulator (seed 148666256: a leader proposed a
+        // `processing` order's 87 s Retry-After, was killed, led again after its restart and
+        // polled the order at once; the deferral was applied a moment later).
+        let last = self
+            .node
+            .raft
+            .metrics()
+            .borrow()
+            .last_log_index
+            .unwrap_or(0);
+        let mut applied = self.node.state_machine.applied_index();
+        let caught_up = tokio::time::timeout(self.node.config.write_deadline, async {
+            // The guard `wait_for` returns is not `Send`: drop it inside.
+            applied.wait_for(|i| *i >= last).await.is_ok()
+        })
         .await;
-        if !matches!(confirmed, Ok(Ok(_))) {
-            tokio::time::sleep(self.node.config.tick.min(Duration::from_millis(200))).await;
+        if caught_up != Ok(true) {
+            self.node.retry_pause().await;
             return;
         }
         let mut cycles: BTreeMap<CertId, JoinHandle<()>> = BTreeMap::new();
@@ -409,12 +441,7 @@ impl<C: Clock, A: Acme> CycleTask<C, A> {
     /// One heartbeat round per CA call costs far less than the call.
     async fn still_owns(&self, cert: &CertId) -> bool {
         loop {
-            let confirmed = tokio::time::timeout(
-                self.node.config.write_deadline,
-                self.node.raft.ensure_linearizable(),
-            )
-            .await;
-            if matches!(confirmed, Ok(Ok(_))) {
+            if self.node.confirm_leadership().await {
                 // Confirmed leadership, but perhaps a newer one of this same node: a task of
                 // an earlier term must stop, or it would call with what only it remembers
                 // (seed 60: a node re-elected after a partition kept driving a cycle of its
@@ -433,7 +460,7 @@ impl<C: Clock, A: Acme> CycleTask<C, A> {
             if metrics.current_term != self.term || metrics.current_leader != Some(metrics.id) {
                 return false;
             }
-            tokio::time::sleep(self.node.config.tick.min(Duration::from_millis(200))).await;
+            self.node.retry_pause().await;
         }
     }
 

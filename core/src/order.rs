@@ -25,8 +25,9 @@ use crate::time::{MINUTE_MS, SECOND_MS, UnixMillis};
 /// Transient CA errors retried inside one cycle before the cycle fails and backs off.
 pub const CA_RETRIES_MAX: u32 = 3;
 
-/// The longest `Retry-After` a driver waits out in memory before an order exists; a longer
-/// one closes the cycle, committing it for whoever leads next.
+/// The longest `Retry-After` before an order exists that keeps the cycle open (the wait is
+/// committed as `OrderDeferred`); a longer one closes the cycle with a committed backoff,
+/// which releases its budget reservations.
 pub const RETRY_AFTER_IN_MEMORY_MS_MAX: u64 = 10 * SECOND_MS;
 /// Order polls (with growing delay, capped at [`POLL_DELAY_MS_MAX`]) before giving up on an order
 /// stuck in `pending` or `processing` (about an hour).
@@ -509,7 +510,7 @@ pub struct OrderDriver {
     finalize_sent: bool,
     certificate: Option<Outcome>,
     failure: Option<Failure>,
-    /// A long `Retry-After` received inside the order, still to be committed.
+    /// A `Retry-After` received inside the order, still to be committed (every one is).
     defer: Option<UnixMillis>,
     step: StepName,
     done: bool,

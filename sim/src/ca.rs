@@ -164,14 +164,11 @@ struct Inner {
     certs_per_set: Rate,
     /// GCRA arrival times, per limit key.
     arrivals: BTreeMap<String, UnixMillis>,
-    /// Retry-After instants (true time) handed out, per resource.
-    /// Per resource: until when, whether account-wide, and the Raft term of the caller it was
-    /// sent to.
-    blocked_until: BTreeMap<String, (UnixMillis, bool, u64)>,
-    /// The Raft term of the node making the current call (its leadership, if it leads).
-    caller_term: u64,
-    /// The node making the current call.
-    caller_node: u64,
+    /// Retry-After instants (true time) handed out, per resource: until when, whether
+    /// account-wide, and the leadership of the caller it was sent to.
+    blocked_until: BTreeMap<String, (UnixMillis, bool, Leadership)>,
+    /// Who makes the current call.
+    caller: Leadership,
     /// When each node last resumed from a pause (true time).
     resumed: BTreeMap<u64, UnixMillis>,
     backends: BTreeMap<u64, Backend>,
@@ -219,8 +216,7 @@ impl SimCa {
                 certs_per_set: limits.1,
                 arrivals: BTreeMap::new(),
                 blocked_until: BTreeMap::new(),
-                caller_term: 0,
-                caller_node: 0,
+                caller: Leadership::default(),
                 resumed: BTreeMap::new(),
                 backends: BTreeMap::new(),
                 withdrawn: std::collections::BTreeSet::new(),
@@ -352,25 +348,30 @@ impl Inner {
             // deposed leader that does not know it yet, stalled between its leadership check
             // and its call (a process pause), calls with what it knew.
             let sent = self.arrivals.get(&format!("sent {key}")).copied();
+            let caller = self.caller;
             let stalled = self
                 .resumed
-                .get(&self.caller_node)
+                .get(&caller.node)
                 .is_some_and(|resumed| sent.is_some_and(|sent| *resumed >= sent));
-            let lost = match self.caller_term.cmp(&receiver) {
-                std::cmp::Ordering::Greater => !self.wait_committed(&key, until),
-                std::cmp::Ordering::Less => stalled,
-                std::cmp::Ordering::Equal => false,
+            let lost = if caller.term < receiver.term {
+                stalled
+            } else if caller != receiver {
+                // A later term, or the same term led again by the receiver's node after a
+                // restart (openraft keeps a committed vote across restarts): a new process
+                // knows only what was committed.
+                !self.wait_committed(&key, until)
+            } else {
+                false
             };
             if lost {
                 self.books.early_requests_lost_with_leader += 1;
                 continue;
             }
             self.books.early_requests.push(format!(
-                "{} for {key} at +{} ms, {} ms before the Retry-After (sent in term {receiver}, called in term {})",
+                "{} for {key} at +{} ms, {} ms before the Retry-After (sent to {receiver}, called by {caller})",
                 action_name(action),
                 true_now.ms_since(self.origin),
                 until.ms_since(true_now),
-                self.caller_term
             ));
         }
     }
@@ -424,7 +425,7 @@ impl Inner {
 
     fn block(&mut self, key: &str, until: UnixMillis, account_wide: bool, true_now: UnixMillis) {
         self.blocked_until
-            .insert(key.to_owned(), (until, account_wide, self.caller_term));
+            .insert(key.to_owned(), (until, account_wide, self.caller));
         self.arrivals.insert(format!("sent {key}"), true_now);
     }
 
@@ -526,18 +527,43 @@ fn action_name(action: &Action) -> &'static str {
     }
 }
 
-/// The CA as one node reaches it: calls carry the term of the node's leadership, so the CA's
-/// books know which leadership each `Retry-After` went to.
+/// Who makes a call: a node's process and the Raft term it believes it leads in.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Leadership {
+    /// 0: the caller knows it does not lead (it has seen a newer term).
+    term: u64,
+    node: u64,
+    /// Which process of the node (a restart starts a new one, with empty memory).
+    incarnation: u64,
+}
+
+impl std::fmt::Display for Leadership {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "n{}#{} in term {}",
+            self.node, self.incarnation, self.term
+        )
+    }
+}
+
+/// The CA as one node reaches it: calls carry the node's leadership, so the CA's books know
+/// which leadership each `Retry-After` went to.
 pub struct NodeCa {
     ca: Arc<SimCa>,
     raft: Raft<TypeConfig>,
+    incarnation: u64,
 }
 
 impl NodeCa {
-    /// `raft`'s calls to `ca`.
+    /// `raft`'s calls to `ca`, from the `incarnation`th process of its node.
     #[must_use]
-    pub fn new(ca: Arc<SimCa>, raft: Raft<TypeConfig>) -> Self {
-        Self { ca, raft }
+    pub fn new(ca: Arc<SimCa>, raft: Raft<TypeConfig>, incarnation: u64) -> Self {
+        Self {
+            ca,
+            raft,
+            incarnation,
+        }
     }
 }
 
@@ -545,16 +571,20 @@ impl Acme for NodeCa {
     async fn perform(&self, action: Action, now: UnixMillis) -> Outcome {
         // The term of the leadership the node believes it holds; 0 if it knows it does not
         // lead (it has seen a newer term): nothing it hears can be committed by it.
-        let (node, term) = {
+        let caller = {
             let metrics = self.raft.metrics().borrow().clone();
             let term = if metrics.current_leader == Some(metrics.id) {
                 metrics.current_term
             } else {
                 0
             };
-            (metrics.id, term)
+            Leadership {
+                term,
+                node: metrics.id,
+                incarnation: self.incarnation,
+            }
         };
-        self.ca.perform_as(node, term, action, now).await
+        self.ca.perform_as(caller, action, now).await
     }
 
     async fn renewal_info(&self, ari_id: &str, now: UnixMillis) -> Option<AriWindow> {
@@ -569,14 +599,13 @@ impl SimCa {
         self.inner().resumed.insert(node, SystemClock.now());
     }
 
-    /// A call from `node`, leading in Raft term `term` (0: not leading).
-    async fn perform_as(&self, node: u64, term: u64, action: Action, now: UnixMillis) -> Outcome {
+    /// A call from `caller`.
+    async fn perform_as(&self, caller: Leadership, action: Action, now: UnixMillis) -> Outcome {
         let true_now = SystemClock.now();
         let (outcome, kill) = {
             let mut inner = self.inner();
             let inner = &mut *inner;
-            inner.caller_term = term;
-            inner.caller_node = node;
+            inner.caller = caller;
             if matches!(action, Action::PrepareKey { .. }) {
                 return inner
                     .model

@@ -366,7 +366,7 @@ fn start_host(
                     raft.clone(),
                     state_machine.clone(),
                     clock,
-                    Arc::new(NodeCa::new(shared.ca, raft.clone())),
+                    Arc::new(NodeCa::new(shared.ca, raft.clone(), lifetime.1)),
                     config,
                 );
                 lock(&stats).push(driver.stats());
