@@ -1,11 +1,14 @@
 //! certfleet: the IO side of certfleet-core.
 //!
 //! What exists today: the lifecycle demo ([`demo`]: the core's planner, `apply` and order
-//! driver as one leader against a model CA in virtual time), the openraft glue ([`raft`]) and
-//! the leader's driver ([`node`]), which the simulation runs as a cluster. The real ACME
-//! client, data plane and the cluster demo are issue #5.
+//! driver as one leader against a model CA in virtual time), the openraft glue ([`raft`]), the
+//! leader's driver ([`node`]), which the simulation runs as a cluster, the instant-acme adapter
+//! ([`acme`]) and key sealing ([`seal`]). The data plane and the cluster demo are still to
+//! come (issue #5).
 
+pub mod acme;
 pub mod demo;
 pub mod mutation;
 pub mod node;
 pub mod raft;
+pub mod seal;

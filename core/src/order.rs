@@ -343,6 +343,9 @@ pub enum Action {
     },
     /// Fetch the authorizations; report [`Outcome::Authorizations`].
     FetchAuthorizations {
+        /// The order they belong to (an ACME client reaches an authorization through its
+        /// order: instant-acme has no fetch by authorization URL).
+        order_url: String,
         /// Authorization URLs.
         urls: Vec<String>,
     },
@@ -354,6 +357,9 @@ pub enum Action {
     },
     /// Tell the CA the challenges are ready; report [`Outcome::ChallengesReady`].
     MarkReady {
+        /// The order the challenges belong to (reached through it, as for
+        /// [`Action::FetchAuthorizations`]).
+        order_url: String,
         /// Challenge URLs.
         urls: Vec<String>,
         /// Members still behind when the leader went ahead after the apply wait timed out
@@ -377,6 +383,8 @@ pub enum Action {
     },
     /// Download the certificate; report [`Outcome::Certificate`].
     Download {
+        /// The order the certificate was issued for (instant-acme downloads through it).
+        order_url: String,
         /// The certificate URL.
         certificate_url: String,
     },
@@ -643,6 +651,7 @@ impl OrderDriver {
             },
             OrderStep::OrderCreated { order } => match self.authz.take() {
                 None => self.call(Action::FetchAuthorizations {
+                    order_url: order.url.clone(),
                     urls: order.authorizations.clone(),
                 }),
                 Some(authz) => match choose_challenges(&authz, spec.challenge) {
@@ -665,6 +674,7 @@ impl OrderDriver {
                 }
                 if !challenges.is_empty() && !self.ready_sent {
                     return self.call(Action::MarkReady {
+                        order_url: order.url.clone(),
                         urls: challenges.iter().map(|c| c.url.clone()).collect(),
                         members_behind: self.lagging,
                     });
@@ -746,7 +756,10 @@ impl OrderDriver {
                             };
                             self.commit(now, op, Pending::Commit)
                         }
-                        _ => self.call(Action::Download { certificate_url }),
+                        _ => self.call(Action::Download {
+                            order_url: order.url.clone(),
+                            certificate_url,
+                        }),
                     }
                 }
                 Some((OrderStatus::Valid, None)) => self.fail(

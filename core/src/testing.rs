@@ -223,7 +223,7 @@ impl ModelCa {
         }
         Some(match action {
             Action::CreateOrder { identifiers, .. } => self.create_order(identifiers, now),
-            Action::FetchAuthorizations { urls } => self.authorizations(urls),
+            Action::FetchAuthorizations { urls, .. } => self.authorizations(urls),
             Action::MarkReady { urls, .. } => self.mark_ready(urls),
             Action::FetchOrder { order_url } => match self.orders.get_mut(order_url) {
                 Some(order) => {
@@ -235,7 +235,9 @@ impl ModelCa {
                 None => Outcome::Failed(error(404, "malformed", "no such order", None)),
             },
             Action::Finalize { order_url, .. } => self.finalize(order_url, now),
-            Action::Download { certificate_url } => self.download(certificate_url, now),
+            Action::Download {
+                certificate_url, ..
+            } => self.download(certificate_url, now),
             Action::PrepareKey { .. } => {
                 self.next_id += 1;
                 Outcome::KeyPrepared {

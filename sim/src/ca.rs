@@ -303,10 +303,12 @@ fn resource(action: &Action) -> String {
     match action {
         Action::CreateOrder { cert, .. } => format!("newOrder {cert}"),
         Action::FetchOrder { order_url } | Action::Finalize { order_url, .. } => order_url.clone(),
-        Action::FetchAuthorizations { urls } | Action::MarkReady { urls, .. } => {
+        Action::FetchAuthorizations { urls, .. } | Action::MarkReady { urls, .. } => {
             urls.first().cloned().unwrap_or_default()
         }
-        Action::Download { certificate_url } => certificate_url.clone(),
+        Action::Download {
+            certificate_url, ..
+        } => certificate_url.clone(),
         _ => String::new(),
     }
 }
@@ -723,6 +725,7 @@ impl SimCa {
                 Action::MarkReady {
                     urls,
                     members_behind,
+                    ..
                 } => {
                     inner.validate(urls, *members_behind, true_now);
                     inner.model.perform(&action, true_now)
