@@ -12,7 +12,7 @@ use certfleet::raft::network::Peer;
 use certfleet_core::command::Op;
 use certfleet_core::testing::{ISSUER, account, spec};
 use certfleet_core::{CertId, IssuerId, Response};
-use common::{Node, WAIT, converge, leader_of, start_cluster, write};
+use common::{WAIT, converge, leader_of, start_cluster, start_node, write};
 
 fn put(name: &str) -> Op {
     Op::PutCert {
@@ -78,7 +78,7 @@ async fn three_voters_replicate_forward_writes_and_agree() {
     assert!(started.elapsed() >= Duration::from_millis(200));
 
     for node in nodes {
-        node.stop().await;
+        node.kill().await;
     }
 }
 
@@ -102,7 +102,7 @@ async fn a_new_leader_takes_over_and_nothing_acknowledged_is_lost() {
         acknowledged.push(name);
     }
     let position = nodes.iter().position(|n| n.id == first).unwrap();
-    nodes.remove(position).stop().await;
+    nodes.remove(position).kill().await;
     let second = leader_of(&nodes).await;
     assert_ne!(second, first);
     for i in 0..15 {
@@ -122,7 +122,7 @@ async fn a_new_leader_takes_over_and_nothing_acknowledged_is_lost() {
         }
     }
     for node in nodes {
-        node.stop().await;
+        node.kill().await;
     }
 }
 
@@ -151,8 +151,8 @@ async fn a_late_edge_learner_catches_up_through_a_snapshot() {
         )
         .await
         .unwrap();
-    let edge = Node::start(4).await;
-    via.raft.add_learner(4, edge.node(), true).await.unwrap();
+    let edge = start_node(4, None).await;
+    via.raft.add_learner(4, edge.member(), true).await.unwrap();
     nodes.push(edge);
     converge(&nodes.iter().collect::<Vec<_>>()).await;
     let edge = nodes.last().unwrap();
@@ -162,6 +162,6 @@ async fn a_late_edge_learner_catches_up_through_a_snapshot() {
     );
     assert_eq!(edge.state_machine.read(|s| s.cert_count()), 120);
     for node in nodes {
-        node.stop().await;
+        node.kill().await;
     }
 }

@@ -77,7 +77,7 @@ async fn the_leader_issues_every_certificate_once_and_every_node_holds_it() {
     );
     assert!(acme.with(|ca| ca.orders_per_set.values().all(|n| *n == 1)));
     for node in nodes {
-        node.stop().await;
+        node.kill().await;
     }
 }
 
@@ -100,7 +100,7 @@ async fn a_new_leader_resumes_open_cycles_by_their_committed_order() {
             .filter(|(_, o)| o.step.order().is_none())
             .count()
     });
-    nodes.remove(position).stop().await;
+    nodes.remove(position).kill().await;
     let second = leader_of(&nodes).await;
     assert_ne!(second, first);
     wait_for(
@@ -118,6 +118,6 @@ async fn a_new_leader_resumes_open_cycles_by_their_committed_order() {
         "{orders} orders for {CERTS} certificates ({in_window} in the window)"
     );
     for node in nodes {
-        node.stop().await;
+        node.kill().await;
     }
 }

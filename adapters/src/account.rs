@@ -1,0 +1,183 @@
+//! The cluster's ACME account (DESIGN §4): one per issuer for the whole cluster, registered
+//! once, its credentials sealed with the data key and replicated in `SetAccount`, and rebuilt
+//! from the replicated state by whichever node leads.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use certfleet_core::command::{AriWindow, Op};
+use certfleet_core::model::{Account, IssuerId, SealedBlob};
+use certfleet_core::order::{Action, CaError, Outcome};
+use certfleet_core::{Command, UnixMillis};
+use openraft::Raft;
+
+use crate::acme::{AcmeClient, AcmeOptions, KeySealer, Transport, describe};
+use crate::node::Acme;
+use crate::raft::StateMachineStore;
+use crate::raft::network;
+use crate::raft::types::TypeConfig;
+
+/// Where the cluster's CA is and how to trust it.
+#[derive(Clone, Debug)]
+pub struct CaEndpoint {
+    /// The ACME directory URL.
+    pub directory_url: String,
+    /// Extra root certificates (PEM) for the CA's HTTPS, as a test CA needs; `None`: the
+    /// platform's roots.
+    pub root_pem: Option<Vec<u8>>,
+    /// Adapter knobs.
+    pub options: AcmeOptions,
+}
+
+impl CaEndpoint {
+    fn transport(&self) -> Transport {
+        Transport::Https {
+            root_pem: self.root_pem.clone(),
+        }
+    }
+}
+
+/// Registers an account for `issuer` at `ca` and commits it, sealed, through `raft`. Done
+/// once, before certificates name the issuer (`PutCert` refuses an unknown issuer).
+pub async fn register(
+    raft: &Raft<TypeConfig>,
+    issuer: IssuerId,
+    ca: &CaEndpoint,
+    contact: &[&str],
+    sealer: &KeySealer,
+    now: UnixMillis,
+) -> Result<(), String> {
+    let (client, credentials) = AcmeClient::register(
+        ca.transport(),
+        &ca.directory_url,
+        contact,
+        None,
+        sealer.clone(),
+        &ca.options,
+        now,
+    )
+    .await
+    .map_err(|error| format!("register an account at {}: {error}", ca.directory_url))?;
+    let account = Account {
+        directory_url: ca.directory_url.clone(),
+        account_url: Some(client.account_url().to_owned()),
+        contact: contact.iter().map(|c| (*c).to_owned()).collect(),
+        credentials: sealer.seal(credentials.as_bytes()),
+        throttled_until: None,
+    };
+    let command = Command {
+        at: now,
+        op: Op::SetAccount { issuer, account },
+    };
+    let written = network::write(raft, command, Duration::from_secs(10))
+        .await
+        .map_err(|error| format!("commit the account: {error}"))?;
+    if written.response.is_accepted() {
+        Ok(())
+    } else {
+        Err(format!(
+            "the cluster refused the account: {:?}",
+            written.response
+        ))
+    }
+}
+
+/// The CA as a node's driver reaches it: the issuer's committed account, rebuilt on first use
+/// and again whenever the committed credentials change.
+pub struct ClusterAcme {
+    issuer: IssuerId,
+    ca: CaEndpoint,
+    state_machine: StateMachineStore,
+    sealer: KeySealer,
+    client: tokio::sync::Mutex<Option<(SealedBlob, Arc<AcmeClient>)>>,
+}
+
+impl std::fmt::Debug for ClusterAcme {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterAcme")
+            .field("issuer", &self.issuer)
+            .field("directory_url", &self.ca.directory_url)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClusterAcme {
+    /// The account of `issuer` at `ca`, read from `state_machine`.
+    #[must_use]
+    pub fn new(
+        issuer: IssuerId,
+        ca: CaEndpoint,
+        state_machine: StateMachineStore,
+        sealer: KeySealer,
+    ) -> Self {
+        Self {
+            issuer,
+            ca,
+            state_machine,
+            sealer,
+            client: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    async fn client(&self, now: UnixMillis) -> Result<Arc<AcmeClient>, CaError> {
+        let failed = |detail: String| CaError {
+            status: None,
+            problem: None,
+            detail,
+            retry_at: None,
+            account_wide: true,
+        };
+        let committed = self
+            .state_machine
+            .read(|state| state.account(&self.issuer).map(|a| a.credentials.clone()))
+            .ok_or_else(|| {
+                failed(format!(
+                    "no account is committed for issuer {:?}",
+                    self.issuer
+                ))
+            })?;
+        let mut slot = self.client.lock().await;
+        if let Some((credentials, client)) = slot.as_ref()
+            && *credentials == committed
+        {
+            return Ok(client.clone());
+        }
+        let json = self
+            .sealer
+            .open(&committed)
+            .map_err(|error| failed(format!("open the account credentials: {error}")))?;
+        let json = std::str::from_utf8(&json)
+            .map_err(|_| failed("the account credentials are not UTF-8 JSON".into()))?;
+        let client = AcmeClient::from_credentials(
+            self.ca.transport(),
+            json,
+            self.sealer.clone(),
+            &self.ca.options,
+            now,
+        )
+        .await
+        .map_err(|error| match error.ca() {
+            Some(ca) => ca.clone(),
+            None => failed(format!("rebuild the account: {error}")),
+        })?;
+        let client = Arc::new(client);
+        *slot = Some((committed, client.clone()));
+        Ok(client)
+    }
+}
+
+impl Acme for ClusterAcme {
+    async fn perform(&self, action: Action, now: UnixMillis) -> Outcome {
+        match self.client(now).await {
+            Ok(client) => client.perform(action, now).await,
+            Err(error) => {
+                tracing::warn!(issuer = ?self.issuer, error = %describe(&error), "no ACME account");
+                Outcome::Failed(error)
+            }
+        }
+    }
+
+    async fn renewal_info(&self, ari_id: &str, now: UnixMillis) -> Option<AriWindow> {
+        self.client(now).await.ok()?.renewal_info(ari_id, now).await
+    }
+}

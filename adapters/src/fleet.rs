@@ -1,0 +1,274 @@
+//! A cluster of real nodes on real sockets: the pieces every certfleet process runs (Raft with
+//! its RPC server, the state machine, the leader's [`NodeDriver`]), started and joined the
+//! same way by `certfleet demo` and the integration tests (DESIGN §7: the demo is the node's
+//! code wired in one process, never a second implementation).
+//!
+//! The log store is the in-memory one (durable storage on redb is a later issue), so a killed
+//! node here loses its disk: it is a crash of the process *and* its disk, which the cluster
+//! must survive as long as a quorum remains.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::{BasicNode, Config, Raft};
+use thiserror::Error;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+use crate::node::{Acme, Clock, DriverConfig, DriverStats, NodeDriver};
+use crate::raft::StateMachineStore;
+use crate::raft::log_store::{MemLogStore, SyncMode};
+use crate::raft::network::{self, Network};
+use crate::raft::state_machine::ApplyObserver;
+use crate::raft::types::{NodeId, TypeConfig};
+
+/// Why a node could not start or a cluster could not form.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum FleetError {
+    /// Raft refused to start or to change the membership.
+    #[error("node {node}: {what}: {reason}")]
+    Raft {
+        /// The node.
+        node: NodeId,
+        /// What was attempted.
+        what: &'static str,
+        /// openraft's answer.
+        reason: String,
+    },
+    /// A socket could not be read.
+    #[error("node {node}: {what}: {source}")]
+    Io {
+        /// The node.
+        node: NodeId,
+        /// What was attempted.
+        what: &'static str,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// No leader emerged in time.
+    #[error("no leader after {after:?}")]
+    NoLeader {
+        /// How long we waited.
+        after: Duration,
+    },
+}
+
+/// Raft timing for nodes on one machine or one data centre: elections within about a second.
+#[must_use]
+pub fn raft_config() -> Arc<Config> {
+    let config = Config {
+        cluster_name: "certfleet".into(),
+        heartbeat_interval: 150,
+        election_timeout_min: 600,
+        election_timeout_max: 1200,
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(5_000),
+        max_in_snapshot_log_to_keep: 1_000,
+        ..Config::default()
+    };
+    // The literals above satisfy `validate` (heartbeat < election timeout min < max).
+    Arc::new(config.validate().expect("a valid static config"))
+}
+
+/// One running node.
+pub struct FleetNode {
+    /// Its Raft id.
+    pub id: NodeId,
+    /// Where its Raft RPC server listens.
+    pub addr: SocketAddr,
+    /// Its Raft handle.
+    pub raft: Raft<TypeConfig>,
+    /// Its state machine (the data plane and tests read the applied state here).
+    pub state_machine: StateMachineStore,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for FleetNode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FleetNode")
+            .field("id", &self.id)
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl FleetNode {
+    /// Starts node `id` serving Raft on `listener` with `config` ([`raft_config`] unless a
+    /// test needs other timing). It replicates but does not act as a leader until
+    /// [`FleetNode::run_driver`].
+    pub async fn start(
+        id: NodeId,
+        listener: TcpListener,
+        config: Arc<Config>,
+    ) -> Result<Self, FleetError> {
+        Self::start_observed(id, listener, config, None).await
+    }
+
+    /// [`FleetNode::start`], showing every applied entry to `observer` inside apply (before
+    /// the node acknowledges the index to a `WaitApplied`).
+    pub async fn start_observed(
+        id: NodeId,
+        listener: TcpListener,
+        config: Arc<Config>,
+        observer: Option<ApplyObserver>,
+    ) -> Result<Self, FleetError> {
+        let addr = listener.local_addr().map_err(|source| FleetError::Io {
+            node: id,
+            what: "read the RPC listener's address",
+            source,
+        })?;
+        let state_machine = match observer {
+            Some(observer) => StateMachineStore::with_observer(observer),
+            None => StateMachineStore::new(),
+        };
+        let raft = Raft::new(
+            id,
+            config,
+            Network::default(),
+            MemLogStore::new(SyncMode::Immediate),
+            state_machine.clone(),
+        )
+        .await
+        .map_err(|error| FleetError::Raft {
+            node: id,
+            what: "start raft",
+            reason: error.to_string(),
+        })?;
+        let server = {
+            let (raft, state_machine) = (raft.clone(), state_machine.clone());
+            tokio::spawn(async move {
+                if let Err(error) = network::serve(listener, raft, state_machine).await {
+                    tracing::error!(node = id, %error, "raft RPC server stopped");
+                }
+            })
+        };
+        Ok(Self {
+            id,
+            addr,
+            raft,
+            state_machine,
+            tasks: vec![server],
+        })
+    }
+
+    /// Runs the node driver (the leader's work, DESIGN §5) on `clock` against `acme`; returns
+    /// its counters.
+    pub fn run_driver<C: Clock, A: Acme>(
+        &mut self,
+        config: DriverConfig,
+        clock: Arc<C>,
+        acme: Arc<A>,
+    ) -> Arc<DriverStats> {
+        let driver = NodeDriver::new(
+            self.raft.clone(),
+            self.state_machine.clone(),
+            clock,
+            acme,
+            config,
+        );
+        let stats = driver.stats();
+        self.tasks.push(tokio::spawn(driver.run()));
+        stats
+    }
+
+    /// The digest of the node's applied state (equal on nodes that applied the same log).
+    #[must_use]
+    pub fn digest(&self) -> [u8; 32] {
+        self.state_machine.read(certfleet_core::State::digest)
+    }
+
+    /// The node's address as Raft members know it.
+    #[must_use]
+    pub fn member(&self) -> BasicNode {
+        BasicNode {
+            addr: self.addr.to_string(),
+        }
+    }
+
+    /// Whether this node believes it leads.
+    #[must_use]
+    pub fn leads(&self) -> bool {
+        let metrics = self.raft.metrics().borrow().clone();
+        metrics.current_leader == Some(self.id)
+    }
+
+    /// Adds a task that lives and dies with the node (its data plane servers, say).
+    pub fn attach(&mut self, task: JoinHandle<()>) {
+        self.tasks.push(task);
+    }
+
+    /// Stops the node at once, as a crash would: its tasks are aborted mid-flight, its sockets
+    /// closed, and its in-memory disk dropped.
+    pub async fn kill(self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+        // Shutdown only stops openraft's own tasks; nothing is flushed that a crash would keep.
+        let _ = self.raft.shutdown().await;
+    }
+}
+
+/// Forms a cluster: the first `voters` nodes are initialized as voters, the rest join through
+/// the leader as learners (edges). Waits until every node is a member.
+pub async fn form(
+    nodes: &[&FleetNode],
+    voters: usize,
+    deadline: Duration,
+) -> Result<(), FleetError> {
+    let started = tokio::time::Instant::now();
+    let members: BTreeMap<NodeId, BasicNode> = nodes
+        .iter()
+        .take(voters)
+        .map(|node| (node.id, node.member()))
+        .collect();
+    let first = nodes[0];
+    first
+        .raft
+        .initialize(members)
+        .await
+        .map_err(|error| FleetError::Raft {
+            node: first.id,
+            what: "initialize the cluster",
+            reason: error.to_string(),
+        })?;
+    for edge in &nodes[voters..] {
+        loop {
+            let remaining = deadline.saturating_sub(started.elapsed());
+            if remaining.is_zero() {
+                return Err(FleetError::NoLeader {
+                    after: started.elapsed(),
+                });
+            }
+            let Some(leader) = nodes.iter().find(|node| node.leads()) else {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            };
+            // Blocking: returns once the learner has caught up with the leader's log.
+            let added = tokio::time::timeout(
+                remaining,
+                leader.raft.add_learner(edge.id, edge.member(), true),
+            )
+            .await;
+            match added {
+                Ok(Ok(_)) => break,
+                Ok(Err(error)) => {
+                    tracing::debug!(edge = edge.id, %error, "add learner: retrying");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(_) => {
+                    return Err(FleetError::NoLeader {
+                        after: started.elapsed(),
+                    });
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Binds a loopback listener on a free port (tests and the demo).
+pub async fn bind_loopback() -> std::io::Result<TcpListener> {
+    TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await
+}
