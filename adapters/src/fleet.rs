@@ -265,6 +265,30 @@ pub async fn form(
             }
         }
     }
+    // `add_learner` returns once the leader has replicated to the edge; each node learns the
+    // membership when it stores the entry, a moment later. Callers may rely on every node
+    // knowing the whole cluster.
+    let ids: Vec<NodeId> = nodes.iter().map(|node| node.id).collect();
+    for node in nodes {
+        let remaining = deadline.saturating_sub(started.elapsed());
+        let ids = ids.clone();
+        node.raft
+            .wait(Some(remaining))
+            .metrics(
+                move |m| {
+                    let members = m.membership_config.membership();
+                    members.voter_ids().count() == voters
+                        && ids.iter().all(|id| members.get_node(id).is_some())
+                },
+                "the whole membership",
+            )
+            .await
+            .map_err(|error| FleetError::Raft {
+                node: node.id,
+                what: "learn the membership",
+                reason: error.to_string(),
+            })?;
+    }
     Ok(())
 }
 
