@@ -17,12 +17,14 @@ use thiserror::Error;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
+use crate::dataplane::{ChallengeKeys, ConnectionLimits, Dataplane, alpn, http01};
 use crate::node::{Acme, Clock, DriverConfig, DriverStats, NodeDriver};
 use crate::raft::StateMachineStore;
 use crate::raft::log_store::{MemLogStore, SyncMode};
 use crate::raft::network::{self, Network};
 use crate::raft::state_machine::ApplyObserver;
 use crate::raft::types::{NodeId, TypeConfig};
+use crate::seal::DataKey;
 
 /// Why a node could not start or a cluster could not form.
 #[derive(Debug, Error)]
@@ -54,6 +56,17 @@ pub enum FleetError {
         /// How long we waited.
         after: Duration,
     },
+}
+
+/// Where a node's data plane listens; `None` leaves that server out.
+#[derive(Debug, Default)]
+pub struct DataplaneListeners {
+    /// Port 80's role: HTTP-01 answers and the redirect to https.
+    pub http01: Option<TcpListener>,
+    /// Port 443's role: certificates by SNI and TLS-ALPN-01 answers.
+    pub tls: Option<TcpListener>,
+    /// Connection bounds of both.
+    pub limits: ConnectionLimits,
 }
 
 /// Raft timing for nodes on one machine or one data centre: elections within about a second.
@@ -192,6 +205,41 @@ impl FleetNode {
     pub fn leads(&self) -> bool {
         let metrics = self.raft.metrics().borrow().clone();
         metrics.current_leader == Some(self.id)
+    }
+
+    /// Starts the node's data plane (DESIGN §2): tables that follow the applied state, the
+    /// HTTP-01 responder on `listeners.http01` and the TLS listener (certificates by SNI and
+    /// TLS-ALPN-01) on `listeners.tls`, each if given. From now on the node acknowledges to a
+    /// `WaitApplied` only what its data plane serves, so a CA asking any node for a challenge
+    /// the leader declared ready finds it answered.
+    pub fn serve_dataplane(
+        &mut self,
+        data_key: Arc<DataKey>,
+        challenge_keys: ChallengeKeys,
+        listeners: DataplaneListeners,
+    ) -> Arc<Dataplane> {
+        let dataplane = Arc::new(Dataplane::new(challenge_keys));
+        self.state_machine
+            .acknowledge_through(dataplane.served_index());
+        self.tasks.push(tokio::spawn(
+            Arc::clone(&dataplane).follow(self.state_machine.clone(), data_key),
+        ));
+        let limits = listeners.limits;
+        if let Some(listener) = listeners.http01 {
+            self.tasks.push(tokio::spawn(http01::serve_http01(
+                listener,
+                Arc::clone(&dataplane),
+                limits,
+            )));
+        }
+        if let Some(listener) = listeners.tls {
+            self.tasks.push(tokio::spawn(alpn::serve_tls(
+                listener,
+                Arc::clone(&dataplane),
+                limits,
+            )));
+        }
+        dataplane
     }
 
     /// Adds a task that lives and dies with the node (its data plane servers, say).

@@ -153,6 +153,7 @@ fn every_entry_gets_an_answer_and_replicas_agree() {
     runtime().block_on(async {
         let entries = harness_entries();
         let mut a = StateMachineStore::new();
+        a.keep_events();
         let mut b = StateMachineStore::new();
         let answers = a.apply(entries.clone()).await.unwrap();
         assert_eq!(answers.len(), entries.len());

@@ -373,17 +373,18 @@ async fn serve_connection(
     }
 }
 
-/// Waits until the state machine has applied `index` or `timeout` passes; returns the applied
-/// index either way (the caller compares).
+/// Waits until the node acknowledges `index` (its data plane serves it, or without a data plane
+/// its state machine applied it) or `timeout` passes; returns the acknowledged index either way
+/// (the caller compares).
 pub async fn wait_applied(state_machine: &StateMachineStore, index: u64, timeout: Duration) -> u64 {
-    let mut applied = state_machine.applied_index();
+    let mut applied = state_machine.acknowledged_index();
     let reached = tokio::time::timeout(timeout, async {
         applied.wait_for(|at| *at >= index).await.map(|at| *at)
     })
     .await;
     match reached {
         Ok(Ok(at)) => at,
-        _ => *state_machine.applied_index().borrow(),
+        _ => *state_machine.acknowledged_index().borrow(),
     }
 }
 

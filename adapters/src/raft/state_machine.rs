@@ -32,6 +32,9 @@ pub struct StateMachineStore {
     applied: watch::Sender<u64>,
     observer: Option<ApplyObserver>,
     disk: SnapshotDisk,
+    /// What this node acknowledges to `WaitApplied`: its data plane's served index once one
+    /// follows the store ([`StateMachineStore::acknowledge_through`]), else the applied index.
+    acknowledged: Arc<std::sync::OnceLock<watch::Receiver<u64>>>,
 }
 
 /// Where the last snapshot a node built or installed survives its process: what a restart
@@ -101,6 +104,9 @@ struct Inner {
     snapshot: Option<StoredSnapshot>,
     snapshot_seq: u64,
     events: Vec<Event>,
+    /// Events are only kept once a data plane drains them: without one they would pile up for
+    /// as long as the node runs.
+    keep_events: bool,
     installs: u64,
 }
 
@@ -132,6 +138,7 @@ impl StateMachineStore {
             applied,
             observer: None,
             disk: SnapshotDisk::default(),
+            acknowledged: Arc::default(),
         }
     }
 
@@ -184,7 +191,33 @@ impl StateMachineStore {
         self.applied.subscribe()
     }
 
-    /// Data-plane events applied since the last call, in order.
+    /// The index this node acknowledges to a `WaitApplied` (DESIGN §5 step 3): what its data
+    /// plane serves, once [`StateMachineStore::acknowledge_through`] named it, else the applied
+    /// index. Applied is not enough when a data plane follows the state asynchronously: the CA
+    /// could ask for a challenge the node has applied but does not answer yet (seen against
+    /// Pebble: authorizations went invalid).
+    #[must_use]
+    pub fn acknowledged_index(&self) -> watch::Receiver<u64> {
+        match self.acknowledged.get() {
+            Some(served) => served.clone(),
+            None => self.applied_index(),
+        }
+    }
+
+    /// Makes `served` (a data plane's served index) what this node acknowledges from now on.
+    /// The first call wins: a node has one data plane.
+    pub fn acknowledge_through(&self, served: watch::Receiver<u64>) {
+        let _ = self.acknowledged.set(served);
+    }
+
+    /// Starts keeping data-plane events for [`StateMachineStore::drain_events`]; events applied
+    /// before are not kept (the first reader rebuilds from the state instead).
+    pub fn keep_events(&self) {
+        self.inner().keep_events = true;
+    }
+
+    /// Data-plane events applied since the last call, in order (none before
+    /// [`StateMachineStore::keep_events`]).
     pub fn drain_events(&self) -> Vec<Event> {
         std::mem::take(&mut self.inner().events)
     }
@@ -232,15 +265,21 @@ fn apply_entry(inner: &mut Inner, command: &Command, entry_term: u64) -> Respons
             step.term = open.term;
         }
         let (response, events) = apply(&mut inner.state, &forged);
-        inner.events.extend(events);
+        keep(inner, events);
         return response;
     }
     if let Some(rejection) = check_entry_term(command, entry_term) {
         return Response::Rejected(rejection);
     }
     let (response, events) = apply(&mut inner.state, command);
-    inner.events.extend(events);
+    keep(inner, events);
     response
+}
+
+fn keep(inner: &mut Inner, events: Vec<Event>) {
+    if inner.keep_events {
+        inner.events.extend(events);
+    }
 }
 
 impl RaftStateMachine<TypeConfig> for StateMachineStore {

@@ -303,6 +303,20 @@ impl Pebble {
         );
     }
 
+    /// Makes Pebble's DNS answer `host`'s A query with `ip` (instead of 127.0.0.1), so that
+    /// its validation of `host` goes to the node listening there.
+    pub fn add_a(&self, host: &str, ip: Ipv4Addr) {
+        let fqdn = if host.ends_with('.') {
+            host.to_owned()
+        } else {
+            format!("{host}.")
+        };
+        self.manage(
+            "/add-a",
+            &serde_json::json!({ "host": fqdn, "addresses": [ip.to_string()] }),
+        );
+    }
+
     /// Publishes TXT `value` at `name` (e.g. `_acme-challenge.example.com`) in Pebble's DNS.
     pub fn set_txt(&self, name: &str, value: &str) {
         let fqdn = if name.ends_with('.') {
