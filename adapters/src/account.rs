@@ -30,10 +30,8 @@ pub struct CaEndpoint {
 }
 
 impl CaEndpoint {
-    fn transport(&self) -> Transport {
-        Transport::Https {
-            root_pem: self.root_pem.clone(),
-        }
+    fn transport(&self) -> Result<Transport, crate::acme::AcmeError> {
+        Transport::for_directory(&self.directory_url, self.root_pem.clone())
     }
 }
 
@@ -47,8 +45,11 @@ pub async fn register(
     sealer: &KeySealer,
     now: UnixMillis,
 ) -> Result<(), String> {
+    let transport = ca
+        .transport()
+        .map_err(|error| format!("register an account at {}: {error}", ca.directory_url))?;
     let (client, credentials) = AcmeClient::register(
-        ca.transport(),
+        transport,
         &ca.directory_url,
         contact,
         None,
@@ -148,8 +149,12 @@ impl ClusterAcme {
             .map_err(|error| failed(format!("open the account credentials: {error}")))?;
         let json = std::str::from_utf8(&json)
             .map_err(|_| failed("the account credentials are not UTF-8 JSON".into()))?;
+        let transport = self
+            .ca
+            .transport()
+            .map_err(|error| failed(format!("reach the CA: {error}")))?;
         let client = AcmeClient::from_credentials(
-            self.ca.transport(),
+            transport,
             json,
             self.sealer.clone(),
             &self.ca.options,

@@ -52,6 +52,17 @@ impl DataKey {
         }
     }
 
+    /// A fresh data key from the operating system's random source, with id `id` (the demo's
+    /// cluster, whose key lives only in its process).
+    #[must_use]
+    pub fn generate(id: [u8; 4]) -> Self {
+        let key = Aes256Gcm::generate_key(aes_gcm::aead::OsRng);
+        Self {
+            id,
+            cipher: Aes256Gcm::new(&key),
+        }
+    }
+
     /// The key id, as written in blobs.
     #[must_use]
     pub fn id(&self) -> [u8; 4] {

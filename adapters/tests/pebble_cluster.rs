@@ -178,7 +178,10 @@ async fn three_nodes_issue_from_pebble_once_per_certificate_through_a_leader_kil
     let started = tokio::time::Instant::now();
     let deadline = started + Duration::from_secs(240);
     let killed = loop {
-        let most = nodes.iter().map(|(n, _)| issued(&n.state_machine, &certs)).max();
+        let most = nodes
+            .iter()
+            .map(|(n, _)| issued(&n.state_machine, &certs))
+            .max();
         if most >= Some(CERTS / 4)
             && let Some(leader) = nodes.iter().position(|(n, _)| n.leads())
         {
@@ -224,10 +227,13 @@ async fn three_nodes_issue_from_pebble_once_per_certificate_through_a_leader_kil
         let served = dataplane.served_index();
         let applied = *node.state_machine.applied_index().borrow();
         let mut served = served.clone();
-        tokio::time::timeout(Duration::from_secs(10), served.wait_for(|at| *at >= applied))
-            .await
-            .expect("the data plane catches up")
-            .unwrap();
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            served.wait_for(|at| *at >= applied),
+        )
+        .await
+        .expect("the data plane catches up")
+        .unwrap();
         let ip = node_ip(u8::try_from(node.id).unwrap());
         for (cert, name) in certs.iter().zip(&names) {
             let committed = node.state_machine.read(|state| {
@@ -243,7 +249,12 @@ async fn three_nodes_issue_from_pebble_once_per_certificate_through_a_leader_kil
             )
             .await
             .unwrap_or_else(|error| panic!("n{} does not serve {name}: {error}", node.id));
-            assert_eq!(chain[0].as_ref(), committed.0.as_slice(), "n{} {name}", node.id);
+            assert_eq!(
+                chain[0].as_ref(),
+                committed.0.as_slice(),
+                "n{} {name}",
+                node.id
+            );
             let intermediates: Vec<&[u8]> = chain[1..].iter().map(|c| c.as_ref()).collect();
             let committed_chain: Vec<&[u8]> = committed.1.iter().map(Vec::as_slice).collect();
             assert_eq!(intermediates, committed_chain, "n{} {name}", node.id);

@@ -66,6 +66,9 @@ pub enum Transport {
         /// Root certificates, PEM.
         root_pem: Option<Vec<u8>>,
     },
+    /// Plain HTTP, for a CA on this machine only (the demo's embedded CA): RFC 8555 §6.1
+    /// requires HTTPS, and [`Transport::for_directory`] chooses this only for a loopback host.
+    LoopbackHttp,
     /// Any [`HttpClient`]: the simulation's wire CA, or a test double.
     Custom(Box<dyn HttpClient>),
 }
@@ -77,17 +80,48 @@ impl std::fmt::Debug for Transport {
                 .debug_struct("Https")
                 .field("root_pem", &root_pem.as_ref().map(|pem| pem.len()))
                 .finish(),
+            Self::LoopbackHttp => f.write_str("LoopbackHttp"),
             Self::Custom(_) => f.write_str("Custom(..)"),
         }
     }
 }
 
 impl Transport {
+    /// The transport for `directory_url`: HTTPS (trusting `root_pem`, else the platform's
+    /// roots), or plain HTTP when the URL is `http://` to a loopback host. Plain HTTP anywhere
+    /// else is refused, naming the URL: account requests must not cross a network in clear.
+    pub fn for_directory(
+        directory_url: &str,
+        root_pem: Option<Vec<u8>>,
+    ) -> Result<Self, AcmeError> {
+        let Some(rest) = directory_url.strip_prefix("http://") else {
+            return Ok(Self::Https { root_pem });
+        };
+        let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+        let host = match authority.strip_prefix('[') {
+            Some(v6) => v6.split(']').next().unwrap_or_default(),
+            None => authority.split(':').next().unwrap_or_default(),
+        };
+        let loopback = host.eq_ignore_ascii_case("localhost")
+            || host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback());
+        if loopback {
+            Ok(Self::LoopbackHttp)
+        } else {
+            Err(AcmeError::Transport(format!(
+                "{directory_url}: plain http is only accepted for a CA on this machine \
+                 (localhost, 127.0.0.0/8, ::1); use https"
+            )))
+        }
+    }
+
     fn into_client(self, timeout: Duration) -> Result<Box<dyn HttpClient>, AcmeError> {
         let inner = match self {
             Self::Https { root_pem } => {
                 transport::https_client(root_pem.as_deref()).map_err(AcmeError::Transport)?
             }
+            Self::LoopbackHttp => transport::loopback_http_client(),
             Self::Custom(client) => client,
         };
         Ok(Box::new(transport::Recording::new(inner, timeout)))

@@ -187,6 +187,15 @@ pub(crate) fn https_client(root_pem: Option<&[u8]>) -> Result<Box<dyn HttpClient
     Ok(Box::new(client))
 }
 
+/// Plain HTTP/1.1 for a CA on loopback (see [`super::Transport::LoopbackHttp`]).
+pub(crate) fn loopback_http_client() -> Box<dyn HttpClient> {
+    let connector = hyper_util::client::legacy::connect::HttpConnector::new();
+    let client: hyper_util::client::legacy::Client<_, BodyWrapper<Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build(connector);
+    Box::new(client)
+}
+
 /// A `Retry-After` header value (RFC 9110 §10.2.3) as an instant on the caller's clock.
 ///
 /// `delay-seconds` counts from `now`. An `HTTP-date` is turned into a delay against the

@@ -88,7 +88,9 @@ impl ChallengeKeys {
                     0x22, 0x04, 0x20,
                 ]);
                 der.extend_from_slice(&seed);
-                Ok(KeyPair::try_from(&PrivatePkcs8KeyDer::from(der.as_slice()))?)
+                Ok(KeyPair::try_from(&PrivatePkcs8KeyDer::from(
+                    der.as_slice(),
+                ))?)
             }
         }
     }

@@ -29,7 +29,11 @@ pub const REQUEST_HEAD_BYTES_MAX: usize = 8192;
 pub const HEADERS_MAX: usize = 32;
 
 /// Serves HTTP-01 on `listener` until dropped, one task per connection (bounded by `limits`).
-pub async fn serve_http01(listener: TcpListener, dataplane: Arc<Dataplane>, limits: ConnectionLimits) {
+pub async fn serve_http01(
+    listener: TcpListener,
+    dataplane: Arc<Dataplane>,
+    limits: ConnectionLimits,
+) {
     let mut builder = http1::Builder::new();
     builder
         // One request per connection: nothing to gain from keep-alive here, and it means an
@@ -171,7 +175,13 @@ mod tests {
     #[test]
     fn a_request_without_a_usable_host_is_refused() {
         let table = ChallengeTable::default();
-        for host in [None, Some(""), Some("a@b.example"), Some("a/b"), Some("[nope]")] {
+        for host in [
+            None,
+            Some(""),
+            Some("a@b.example"),
+            Some("a/b"),
+            Some("[nope]"),
+        ] {
             let response = respond(&table, &get("/x", host));
             assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{host:?}");
         }
@@ -182,7 +192,12 @@ mod tests {
         let table = ChallengeTable::default();
         let response = respond(&table, &get("/.well-known/acme-challenge/abc", None));
         assert_eq!(response.status(), StatusCode::NOT_FOUND);
-        let post = Request::post("/.well-known/acme-challenge/abc").body(()).unwrap();
-        assert_eq!(respond(&table, &post).status(), StatusCode::METHOD_NOT_ALLOWED);
+        let post = Request::post("/.well-known/acme-challenge/abc")
+            .body(())
+            .unwrap();
+        assert_eq!(
+            respond(&table, &post).status(),
+            StatusCode::METHOD_NOT_ALLOWED
+        );
     }
 }

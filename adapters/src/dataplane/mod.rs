@@ -28,6 +28,9 @@ pub mod http01;
 pub mod probe;
 pub mod sni;
 
+#[cfg(test)]
+mod serve_tests;
+
 use std::cmp::Ordering as CmpOrdering;
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
@@ -300,9 +303,8 @@ impl ChallengeTable {
         candidates.push(served);
         // A pending authorization can be shared by two orders (RFC 8555 §7.4; Let's Encrypt
         // reuses them), so one token may be published by two certificates.
-        candidates.sort_by(|a, b| {
-            (&a.cert, &a.challenge.token).cmp(&(&b.cert, &b.challenge.token))
-        });
+        candidates
+            .sort_by(|a, b| (&a.cert, &a.challenge.token).cmp(&(&b.cert, &b.challenge.token)));
         map.insert(key, candidates.into());
         self.count += 1;
     }
@@ -772,9 +774,10 @@ mod tests {
 
     fn served(cert: &str, names: &[&str], not_after: u64) -> Arc<ServedCert> {
         let key = rcgen::KeyPair::generate().unwrap();
-        let params =
-            rcgen::CertificateParams::new(names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>())
-                .unwrap();
+        let params = rcgen::CertificateParams::new(
+            names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>(),
+        )
+        .unwrap();
         let leaf = params.self_signed(&key).unwrap();
         let data_key = DataKey::new([1; 4], &[1; 32]);
         let sealed = data_key.seal(&key.serialize_der(), Nonces::new(1).next());
@@ -801,7 +804,10 @@ mod tests {
         table.insert(served("wild", &["*.b.example.com"], 10));
         table.insert(served("exact", &["x.b.example.com"], 10));
         assert_eq!(resolved(&table, "a.b.example.com").as_deref(), Some("wild"));
-        assert_eq!(resolved(&table, "x.b.example.com").as_deref(), Some("exact"));
+        assert_eq!(
+            resolved(&table, "x.b.example.com").as_deref(),
+            Some("exact")
+        );
         // One label only (RFC 6125 §6.4.3): neither deeper nor the base itself.
         assert_eq!(resolved(&table, "z.a.b.example.com"), None);
         assert_eq!(resolved(&table, "b.example.com"), None);
@@ -852,6 +858,9 @@ mod tests {
             UnixMillis(1),
             &data_key,
         );
-        assert!(matches!(result, Err(SkipReason::KeyMismatch(_))), "{result:?}");
+        assert!(
+            matches!(result, Err(SkipReason::KeyMismatch(_))),
+            "{result:?}"
+        );
     }
 }

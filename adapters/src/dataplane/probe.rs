@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::{CryptoProvider, verify_tls12_signature, verify_tls13_signature};
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::crypto::{CryptoProvider, verify_tls13_signature_with_raw_key};
+use rustls::pki_types::{CertificateDer, ServerName, SubjectPublicKeyInfoDer, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use thiserror::Error;
 use tokio::io::AsyncWriteExt;
@@ -71,9 +71,11 @@ pub enum Trust {
     /// embedded CA). The name must be in the leaf and the chain must lead to a root.
     Roots(Arc<RootCertStore>),
     /// The chain is only recorded; the handshake's signature is still verified against the
-    /// leaf's key, so the node proves it holds the key. For CAs whose root the caller does not
-    /// have (Pebble issues from a root it generates at start); the caller compares the chain
-    /// with what the cluster committed.
+    /// leaf's public key, so the node proves it holds the key. For CAs whose root the caller
+    /// does not have (Pebble issues from a root it generates at start; the caller compares the
+    /// chain with what the cluster committed), and for TLS-ALPN-01 certificates, whose critical
+    /// `acmeIdentifier` extension WebPKI refuses. TLS 1.3 only: only its signature can be
+    /// checked against a bare key.
     Record,
 }
 
@@ -85,10 +87,22 @@ pub async fn probe(
     trust: &Trust,
     timeout: Duration,
 ) -> Result<Vec<CertificateDer<'static>>, ProbeError> {
+    probe_alpn(addr, name, trust, &[b"http/1.1"], timeout).await
+}
+
+/// [`probe`] offering the ALPN protocols `alpn` (`acme-tls/1` alone is what a CA's TLS-ALPN-01
+/// validation offers).
+pub async fn probe_alpn(
+    addr: SocketAddr,
+    name: &str,
+    trust: &Trust,
+    alpn: &[&[u8]],
+    timeout: Duration,
+) -> Result<Vec<CertificateDer<'static>>, ProbeError> {
     let server_name = ServerName::try_from(name.to_owned()).map_err(|_| ProbeError::Name {
         name: name.to_owned(),
     })?;
-    let connector = TlsConnector::from(client_config(trust));
+    let connector = TlsConnector::from(client_config(trust, alpn));
     let handshake = async {
         let tcp = TcpStream::connect(addr)
             .await
@@ -121,11 +135,15 @@ pub async fn probe(
         })?
 }
 
-fn client_config(trust: &Trust) -> Arc<ClientConfig> {
+fn client_config(trust: &Trust, alpn: &[&[u8]]) -> Arc<ClientConfig> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let versions: &[&rustls::SupportedProtocolVersion] = match trust {
+        Trust::Roots(_) => rustls::DEFAULT_VERSIONS,
+        Trust::Record => &[&rustls::version::TLS13],
+    };
     let builder = ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        // Fails only for a provider without a suite for TLS 1.2 or 1.3; ring's has both.
+        .with_protocol_versions(versions)
+        // Fails only for a provider without a suite for these versions; ring's has both.
         .expect("ring's default provider supports TLS 1.2 and 1.3");
     let config = match trust {
         Trust::Roots(roots) => builder.with_root_certificates(roots.clone()),
@@ -134,7 +152,7 @@ fn client_config(trust: &Trust) -> Arc<ClientConfig> {
             .with_custom_certificate_verifier(Arc::new(RecordOnly(provider))),
     };
     let mut config = config.with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Arc::new(config)
 }
 
@@ -156,16 +174,12 @@ impl ServerCertVerifier for RecordOnly {
 
     fn verify_tls12_signature(
         &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
+        // Never offered (TLS 1.3 only, see `Trust::Record`).
+        Err(rustls::Error::General("TLS 1.2 is not offered".into()))
     }
 
     fn verify_tls13_signature(
@@ -174,9 +188,14 @@ impl ServerCertVerifier for RecordOnly {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(
+        // The key straight from the certificate, without WebPKI's judgement of the rest of it.
+        let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).map_err(|_| {
+            rustls::Error::InvalidCertificate(rustls::CertificateError::BadEncoding)
+        })?;
+        let spki = SubjectPublicKeyInfoDer::from(parsed.public_key().raw);
+        verify_tls13_signature_with_raw_key(
             message,
-            cert,
+            &spki,
             dss,
             &self.0.signature_verification_algorithms,
         )

@@ -87,14 +87,28 @@ mod tests {
 
     #[test]
     fn names_are_matched_case_insensitively_and_with_a_trailing_dot() {
-        assert_eq!(normalize("WWW.Example.COM.").as_deref(), Some("www.example.com"));
+        assert_eq!(
+            normalize("WWW.Example.COM.").as_deref(),
+            Some("www.example.com")
+        );
         assert_eq!(normalize("*.Example.com").as_deref(), Some("*.example.com"));
-        assert_eq!(normalize("a_b.example.com").as_deref(), Some("a_b.example.com"));
+        assert_eq!(
+            normalize("a_b.example.com").as_deref(),
+            Some("a_b.example.com")
+        );
     }
 
     #[test]
     fn names_no_certificate_can_match_are_refused() {
-        for bad in ["", ".", "a..example.com", ".example.com", "a.*.example.com", "*.", "é.com"] {
+        for bad in [
+            "",
+            ".",
+            "a..example.com",
+            ".example.com",
+            "a.*.example.com",
+            "*.",
+            "é.com",
+        ] {
             assert_eq!(normalize(bad), None, "{bad:?}");
         }
         assert_eq!(normalize(&"a.".repeat(130)), None, "longer than 253 octets");
