@@ -344,3 +344,38 @@ pub async fn form(
 pub async fn bind_loopback() -> std::io::Result<TcpListener> {
     TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await
 }
+
+/// The loopback address of node `node` of a cluster on one machine: `127.0.0.<node>` (nodes
+/// are numbered from 1; past 254 every node gets 127.0.0.1, which only the caller can avoid).
+#[must_use]
+pub fn loopback_ip(node: u64) -> std::net::Ipv4Addr {
+    std::net::Ipv4Addr::new(127, 0, 0, u8::try_from(node).unwrap_or(1))
+}
+
+/// Binds the same port on 127.0.0.1 to 127.0.0.`count` (`port` 0: a free one, tried up to 50
+/// times): nodes on one machine that a CA must reach on one port, as behind a load balancer.
+pub async fn bind_same_port(count: u64, port: u16) -> std::io::Result<Vec<TcpListener>> {
+    let attempts = if port == 0 { 50 } else { 1 };
+    let mut last = None;
+    for _ in 0..attempts {
+        let first = TcpListener::bind((loopback_ip(1), port)).await?;
+        let chosen = first.local_addr()?.port();
+        let mut listeners = vec![first];
+        for node in 2..=count {
+            match TcpListener::bind((loopback_ip(node), chosen)).await {
+                Ok(listener) => listeners.push(listener),
+                Err(error) => {
+                    last = Some(std::io::Error::new(
+                        error.kind(),
+                        format!("{}:{chosen}: {error}", loopback_ip(node)),
+                    ));
+                    break;
+                }
+            }
+        }
+        if listeners.len() as u64 == count {
+            return Ok(listeners);
+        }
+    }
+    Err(last.unwrap_or_else(|| std::io::Error::other("no port free on every node's address")))
+}

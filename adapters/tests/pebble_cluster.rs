@@ -44,27 +44,13 @@ fn issued(state_machine: &StateMachineStore, certs: &[CertId]) -> usize {
 }
 
 fn node_ip(node: u8) -> Ipv4Addr {
-    Ipv4Addr::new(127, 0, 0, node)
+    fleet::loopback_ip(node.into())
 }
 
 /// One port free on 127.0.0.1 to 127.0.0.`NODES`, bound on each (Pebble validates every name
 /// on the same port).
 async fn same_port_everywhere() -> Vec<TcpListener> {
-    for _ in 0..50 {
-        let first = TcpListener::bind((node_ip(1), 0)).await.unwrap();
-        let port = first.local_addr().unwrap().port();
-        let mut listeners = vec![first];
-        for node in 2..=NODES {
-            match TcpListener::bind((node_ip(node), port)).await {
-                Ok(listener) => listeners.push(listener),
-                Err(_) => break,
-            }
-        }
-        if listeners.len() == usize::from(NODES) {
-            return listeners;
-        }
-    }
-    panic!("no port free on all of 127.0.0.1-{NODES}");
+    fleet::bind_same_port(NODES.into(), 0).await.unwrap()
 }
 
 /// Certificate `i`: 40 names per registered domain (the core paces 50 per domain per week),

@@ -186,46 +186,17 @@ fn lock(timeline: &Mutex<Timeline>) -> std::sync::MutexGuard<'_, Timeline> {
 }
 
 fn node_ip(node: u64) -> Ipv4Addr {
-    // Nodes are numbered from 1 and at most 14 (checked), so this stays inside 127.0.0.0/8.
-    Ipv4Addr::new(127, 0, 0, u8::try_from(node).unwrap_or(1))
+    fleet::loopback_ip(node)
 }
 
-/// Binds `port` (0: a free one) on 127.0.0.1 to 127.0.0.`count`, the same port on each.
+/// [`fleet::bind_same_port`], its error named for the demo.
 async fn same_port(count: u64, port: u16, what: &str) -> Result<Vec<TcpListener>, ClusterError> {
-    let attempts = if port == 0 { 50 } else { 1 };
-    let mut last = None;
-    for _ in 0..attempts {
-        let first = TcpListener::bind((node_ip(1), port))
-            .await
-            .map_err(|source| ClusterError::Bind {
-                what: format!("{what} on {}:{port}", node_ip(1)),
-                source,
-            })?;
-        let chosen = first
-            .local_addr()
-            .map_err(|source| ClusterError::Bind {
-                what: what.to_owned(),
-                source,
-            })?
-            .port();
-        let mut listeners = vec![first];
-        for node in 2..=count {
-            match TcpListener::bind((node_ip(node), chosen)).await {
-                Ok(listener) => listeners.push(listener),
-                Err(source) => {
-                    last = Some(ClusterError::Bind {
-                        what: format!("{what} on {}:{chosen}", node_ip(node)),
-                        source,
-                    });
-                    break;
-                }
-            }
-        }
-        if listeners.len() as u64 == count {
-            return Ok(listeners);
-        }
-    }
-    Err(last.unwrap_or_else(|| ClusterError::Setup(format!("no common port for {what}"))))
+    fleet::bind_same_port(count, port)
+        .await
+        .map_err(|source| ClusterError::Bind {
+            what: what.to_owned(),
+            source,
+        })
 }
 
 /// The demo's certificate `i`: one name, 40 per registered domain (`shopN.test`: the core paces 50 per domain per week), every third validated with
