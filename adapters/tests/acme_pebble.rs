@@ -7,37 +7,23 @@
 mod support;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use certfleet::acme::dns01::SolverFuture;
-use certfleet::acme::{AcmeClient, AcmeOptions, Dns01Solver, KeySealer, Transport};
-use certfleet::node::{Acme, Clock, SystemClock};
-use certfleet::seal::{DataKey, Nonces};
+use certfleet::acme::{AcmeClient, AcmeOptions, Dns01Solver, Transport};
+use certfleet::node::Acme;
 use certfleet_core::command::FailureClass;
-use certfleet_core::model::{ChallengeKind, KeyType, SealedBlob};
+use certfleet_core::model::ChallengeKind;
 use certfleet_core::name::Identifier;
 use certfleet_core::order::{
-    Action, AuthzStatus, AuthzView, CaError, OrderStatus, OrderView, Outcome, classify,
+    Action, AuthzStatus, AuthzView, CaError, OrderStatus, Outcome, classify,
 };
-use certfleet_core::{CertId, Cycle, UnixMillis};
 use rcgen::PublicKeyData as _;
+use support::acme_flow::{
+    Issued, authorizations, create_order, finalize_and_download, ids, mark_ready, now, perform,
+    prepare_key, sealer, settle,
+};
 use support::pebble::{Pebble, PebbleOptions};
 use x509_parser::prelude::{FromDer, GeneralName, ParsedExtension, X509Certificate};
-
-/// Polls of an order before a test gives up (Pebble without sleeps answers in milliseconds).
-const POLLS_MAX: u32 = 200;
-const POLL_PAUSE: Duration = Duration::from_millis(50);
-
-fn sealer() -> KeySealer {
-    KeySealer::new(
-        Arc::new(DataKey::new([1, 2, 3, 4], &[42; 32])),
-        Arc::new(Nonces::new(7)),
-    )
-}
-
-fn now() -> UnixMillis {
-    SystemClock.now()
-}
 
 fn transport(pebble: &Pebble) -> Transport {
     Transport::Https {
@@ -58,59 +44,6 @@ async fn register(pebble: &Pebble) -> (AcmeClient, String) {
     .await
     .expect("register an account at pebble");
     (client, credentials.to_string())
-}
-
-fn ids(names: &[&str]) -> Vec<Identifier> {
-    names
-        .iter()
-        .map(|n| Identifier::parse(n).unwrap())
-        .collect()
-}
-
-async fn perform(client: &AcmeClient, action: Action) -> Outcome {
-    client.perform(action, now()).await
-}
-
-async fn create_order(
-    client: &AcmeClient,
-    identifiers: &[Identifier],
-    replaces: Option<&str>,
-) -> (String, Vec<String>) {
-    let outcome = perform(
-        client,
-        Action::CreateOrder {
-            cert: CertId::parse("test").unwrap(),
-            cycle: Cycle(1),
-            identifiers: identifiers.to_vec(),
-            profile: None,
-            replaces: replaces.map(Into::into),
-        },
-    )
-    .await;
-    let Outcome::OrderCreated {
-        order_url,
-        authorizations,
-    } = outcome
-    else {
-        panic!("CreateOrder: {outcome:?}");
-    };
-    assert_eq!(authorizations.len(), identifiers.len());
-    (order_url, authorizations)
-}
-
-async fn authorizations(client: &AcmeClient, order_url: &str, urls: &[String]) -> Vec<AuthzView> {
-    let outcome = perform(
-        client,
-        Action::FetchAuthorizations {
-            order_url: order_url.into(),
-            urls: urls.to_vec(),
-        },
-    )
-    .await;
-    let Outcome::Authorizations(views) = outcome else {
-        panic!("FetchAuthorizations: {outcome:?}");
-    };
-    views
 }
 
 /// Publishes the answer of `kind` for every authorization at challtestsrv (with the key
@@ -139,119 +72,6 @@ fn publish(
             offer.url.clone()
         })
         .collect()
-}
-
-async fn mark_ready(client: &AcmeClient, order_url: &str, challenge_urls: Vec<String>) {
-    let outcome = perform(
-        client,
-        Action::MarkReady {
-            order_url: order_url.into(),
-            urls: challenge_urls,
-            members_behind: 0,
-        },
-    )
-    .await;
-    assert_eq!(outcome, Outcome::ChallengesReady);
-}
-
-/// Fetches the order until it leaves `pending`/`processing`.
-async fn settle(client: &AcmeClient, order_url: &str) -> OrderView {
-    for _ in 0..POLLS_MAX {
-        let outcome = perform(
-            client,
-            Action::FetchOrder {
-                order_url: order_url.into(),
-            },
-        )
-        .await;
-        let Outcome::Order(view) = outcome else {
-            panic!("FetchOrder: {outcome:?}");
-        };
-        if !matches!(view.status, OrderStatus::Pending | OrderStatus::Processing) {
-            return view;
-        }
-        tokio::time::sleep(POLL_PAUSE).await;
-    }
-    panic!("order {order_url} never settled");
-}
-
-async fn prepare_key(client: &AcmeClient) -> SealedBlob {
-    let outcome = perform(
-        client,
-        Action::PrepareKey {
-            key_type: KeyType::EcdsaP256,
-        },
-    )
-    .await;
-    let Outcome::KeyPrepared { key } = outcome else {
-        panic!("PrepareKey: {outcome:?}");
-    };
-    key
-}
-
-struct Issued {
-    leaf_der: Vec<u8>,
-    chain_der: Vec<Vec<u8>>,
-    not_before: UnixMillis,
-    not_after: UnixMillis,
-    ari_id: Option<String>,
-    key: SealedBlob,
-}
-
-/// From a ready order: PrepareKey, Finalize, FetchOrder until valid, Download.
-async fn finalize_and_download(
-    client: &AcmeClient,
-    order_url: &str,
-    identifiers: &[Identifier],
-) -> Issued {
-    let key = prepare_key(client).await;
-    let outcome = perform(
-        client,
-        Action::Finalize {
-            order_url: order_url.into(),
-            key: key.clone(),
-            identifiers: identifiers.to_vec(),
-        },
-    )
-    .await;
-    let Outcome::Order(view) = outcome else {
-        panic!("Finalize: {outcome:?}");
-    };
-    assert!(
-        matches!(view.status, OrderStatus::Processing | OrderStatus::Valid),
-        "{view:?}"
-    );
-    let view = settle(client, order_url).await;
-    assert_eq!(view.status, OrderStatus::Valid, "{view:?}");
-    let certificate_url = view
-        .certificate_url
-        .expect("a valid order names its certificate");
-    let outcome = perform(
-        client,
-        Action::Download {
-            order_url: order_url.into(),
-            certificate_url,
-        },
-    )
-    .await;
-    let Outcome::Certificate {
-        leaf_der,
-        chain_der,
-        not_before,
-        not_after,
-        ari_id,
-    } = outcome
-    else {
-        panic!("Download: {outcome:?}");
-    };
-    Issued {
-        leaf_der,
-        chain_der,
-        not_before,
-        not_after,
-        ari_id,
-        key,
-    }
 }
 
 /// The whole sequence the order driver sends for one certificate.

@@ -352,6 +352,19 @@ impl AcmeClient {
                 Err(instant_acme::Error::Unsupported(_)) => {
                     self.account.new_order(&new_order()).await
                 }
+                // The certificate was already replaced (by an order a deposed leader placed, or
+                // by another client of the account): `replaces` only buys the ARI exemption,
+                // so the renewal goes on without it rather than failing (draft-ietf-acme-ari
+                // §5).
+                Err(instant_acme::Error::Api(problem))
+                    if problem.r#type.as_deref() == Some(ALREADY_REPLACED) =>
+                {
+                    warn!(
+                        replaces,
+                        "the CA says the certificate was already replaced; ordering without `replaces`"
+                    );
+                    self.account.new_order(&new_order()).await
+                }
                 other => other,
             },
             None => self.account.new_order(&new_order()).await,
@@ -600,6 +613,7 @@ impl Acme for AcmeClient {
 }
 
 const RATE_LIMITED: &str = "urn:ietf:params:acme:error:rateLimited";
+const ALREADY_REPLACED: &str = "urn:ietf:params:acme:error:alreadyReplaced";
 
 fn acme_identifier(identifier: &Identifier) -> instant_acme::Identifier {
     match identifier {

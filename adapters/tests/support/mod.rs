@@ -6,4 +6,5 @@
     reason = "each test binary uses part of this module"
 )]
 
+pub mod acme_flow;
 pub mod pebble;
