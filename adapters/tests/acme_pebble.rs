@@ -9,7 +9,7 @@ mod support;
 use std::sync::Arc;
 
 use certfleet::acme::dns01::SolverFuture;
-use certfleet::acme::{AcmeClient, AcmeOptions, Dns01Solver, Transport};
+use certfleet::acme::{AcmeClient, AcmeOptions, Dns01Solver, Eab, Transport};
 use certfleet::node::Acme;
 use certfleet_core::command::FailureClass;
 use certfleet_core::model::ChallengeKind;
@@ -391,4 +391,53 @@ async fn dns01_issuance_for_a_wildcard_publishes_through_the_solver_and_cleans_u
             "cleanup _acme-challenge.wild.certfleet.test"
         ]
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn external_account_binding_is_sent_when_the_ca_requires_it() {
+    // Pebble's example key: base64url text, the raw HMAC key is what it decodes to.
+    let kid = "kid-1";
+    let key_text = "zWNDZM6eQGHWpSRTPal5eIUYFTu7EajVIoguysqZ9wG44nMEtx3MUAsUDkMTQ12W";
+    let Some(pebble) = Pebble::start_or_skip(PebbleOptions {
+        eab: Some((kid.to_owned(), key_text.to_owned())),
+        ..PebbleOptions::default()
+    }) else {
+        return;
+    };
+    let register = |eab: Option<Eab>| {
+        let pebble = &pebble;
+        async move {
+            AcmeClient::register(
+                transport(pebble),
+                pebble.directory_url(),
+                &["mailto:ops@certfleet.test"],
+                eab.as_ref(),
+                sealer(),
+                &AcmeOptions::default(),
+                now(),
+            )
+            .await
+        }
+    };
+    let refused = register(None).await.map(|_| ()).unwrap_err();
+    assert!(
+        refused.to_string().contains("externalAccountRequired"),
+        "{refused}"
+    );
+    let decoded =
+        base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, key_text)
+            .unwrap();
+    let wrong = Eab {
+        kid: kid.to_owned(),
+        hmac_key: vec![0; decoded.len()].into(),
+    };
+    let refused = register(Some(wrong)).await.map(|_| ()).unwrap_err();
+    assert!(refused.to_string().contains("unauthorized"), "{refused}");
+    let right = Eab {
+        kid: kid.to_owned(),
+        hmac_key: decoded.into(),
+    };
+    let (client, credentials) = register(Some(right)).await.expect("bound account");
+    assert!(!client.account_url().is_empty());
+    assert!(!credentials.to_string().is_empty());
 }

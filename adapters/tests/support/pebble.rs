@@ -48,6 +48,8 @@ pub struct PebbleOptions {
     /// The port Pebble connects to for TLS-ALPN-01; `None`: challtestsrv answers, fed through
     /// [`Pebble::add_tlsalpn01`].
     pub tlsalpn01_port: Option<u16>,
+    /// External account binding required, with this key id and base64url HMAC key.
+    pub eab: Option<(String, String)>,
 }
 
 /// A running Pebble and challtestsrv.
@@ -152,7 +154,12 @@ impl Pebble {
                 "httpPort": http01_port,
                 "tlsPort": tlsalpn01_port,
                 "ocspResponderURL": "",
-                "externalAccountBindingRequired": false
+                "externalAccountBindingRequired": options.eab.is_some(),
+                "externalAccountMACKeys": options
+                    .eab
+                    .iter()
+                    .map(|(kid, key)| (kid.clone(), serde_json::Value::from(key.as_str())))
+                    .collect::<serde_json::Map<_, _>>()
             }
         });
         let config_path = dir.path().join("pebble-config.json");
