@@ -35,6 +35,13 @@ impl CaEndpoint {
     }
 }
 
+/// Makes a fresh [`Transport`] each time an account client is built: the simulation's wire
+/// CA, reached over simulated sockets ([`Transport::Custom`]), where the transport
+/// [`Transport::for_directory`] would choose cannot work (plain http to a non-loopback host is
+/// refused, and hyper-util's pooled client spawns on the real tokio). A factory, not a
+/// transport: [`ClusterAcme`] rebuilds its client whenever the committed credentials change.
+pub type TransportFactory = Arc<dyn Fn() -> Transport + Send + Sync>;
+
 /// Registers an account for `issuer` at `ca` and commits it, sealed, through `raft`. Done
 /// once, before certificates name the issuer (`PutCert` refuses an unknown issuer).
 pub async fn register(
@@ -48,6 +55,20 @@ pub async fn register(
     let transport = ca
         .transport()
         .map_err(|error| format!("register an account at {}: {error}", ca.directory_url))?;
+    register_with(raft, issuer, ca, transport, contact, sealer, now).await
+}
+
+/// [`register`] through `transport` instead of the one `ca`'s URL implies (the simulation's
+/// wire CA; see [`TransportFactory`]). `ca.root_pem` is not used.
+pub async fn register_with(
+    raft: &Raft<TypeConfig>,
+    issuer: IssuerId,
+    ca: &CaEndpoint,
+    transport: Transport,
+    contact: &[&str],
+    sealer: &KeySealer,
+    now: UnixMillis,
+) -> Result<(), String> {
     let (client, credentials) = AcmeClient::register(
         transport,
         &ca.directory_url,
@@ -90,6 +111,8 @@ pub struct ClusterAcme {
     ca: CaEndpoint,
     state_machine: StateMachineStore,
     sealer: KeySealer,
+    /// `None`: the transport `ca`'s URL implies.
+    transport: Option<TransportFactory>,
     client: tokio::sync::Mutex<Option<(SealedBlob, Arc<AcmeClient>)>>,
 }
 
@@ -116,7 +139,24 @@ impl ClusterAcme {
             ca,
             state_machine,
             sealer,
+            transport: None,
             client: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    /// [`ClusterAcme::new`], reaching the CA through transports `transport` makes instead of
+    /// the one `ca`'s URL implies (the simulation's wire CA; see [`TransportFactory`]).
+    #[must_use]
+    pub fn with_transport(
+        issuer: IssuerId,
+        ca: CaEndpoint,
+        state_machine: StateMachineStore,
+        sealer: KeySealer,
+        transport: TransportFactory,
+    ) -> Self {
+        Self {
+            transport: Some(transport),
+            ..Self::new(issuer, ca, state_machine, sealer)
         }
     }
 
@@ -149,10 +189,13 @@ impl ClusterAcme {
             .map_err(|error| failed(format!("open the account credentials: {error}")))?;
         let json = std::str::from_utf8(&json)
             .map_err(|_| failed("the account credentials are not UTF-8 JSON".into()))?;
-        let transport = self
-            .ca
-            .transport()
-            .map_err(|error| failed(format!("reach the CA: {error}")))?;
+        let transport = match &self.transport {
+            Some(make) => make(),
+            None => self
+                .ca
+                .transport()
+                .map_err(|error| failed(format!("reach the CA: {error}")))?,
+        };
         let client = AcmeClient::from_credentials(
             transport,
             json,

@@ -5,6 +5,9 @@
 //! * `certfleet-sim --seed S [--mutation NAME] [--scenario NAME] [--quiet]`: the seed's line,
 //!   its trace (not with `--quiet`), then `digest: <hex>` (byte-identical on every run of that
 //!   seed).
+//! * `certfleet-sim --seed S --wire`: the wire scenario (`certfleet_sim::wire`: the production
+//!   ACME adapter against the RFC 8555 CA over simulated TCP): its report, then
+//!   `digest: <hex>` (byte-identical on every run of that seed; wall time goes to stderr).
 //!
 //! Every seed runs in a process of its own: tokio's and futures' `select!` seed their
 //! branch-order RNG from a process-wide counter, so a second run in one process starts from
@@ -19,6 +22,7 @@ use std::process::ExitCode;
 #[cfg(madsim)]
 fn main() -> ExitCode {
     match Args::parse(std::env::args().skip(1).collect()) {
+        Ok(args) if args.wire => wire(&args),
         Ok(args) if args.seeds.end - args.seeds.start == 1 && args.single => one(&args),
         Ok(args) => batch(&args),
         Err(problem) => usage(&problem),
@@ -30,6 +34,7 @@ struct Args {
     seeds: std::ops::Range<u64>,
     single: bool,
     quiet: bool,
+    wire: bool,
     jobs: usize,
     mutation: Option<certfleet::mutation::Mutation>,
     scenario: Option<String>,
@@ -43,6 +48,7 @@ impl Args {
             seeds: 0..0,
             single: false,
             quiet: false,
+            wire: false,
             jobs: 1,
             mutation: None,
             scenario: None,
@@ -82,11 +88,16 @@ impl Args {
                 }
                 "--scenario" => parsed.scenario = Some(value()?),
                 "--quiet" => parsed.quiet = true,
+                "--wire" => parsed.wire = true,
                 other => return Err(format!("unknown argument {other:?}")),
             }
         }
         if parsed.seeds.is_empty() {
             return Err("expected --seed S or --seeds A..B".into());
+        }
+        if parsed.wire && (!parsed.single || parsed.mutation.is_some() || parsed.scenario.is_some())
+        {
+            return Err("--wire runs one seed: --seed S --wire".into());
         }
         Ok(parsed)
     }
@@ -172,6 +183,29 @@ fn one(args: &Args) -> ExitCode {
     }
     println!("digest: {digest}");
     if outcome.violations.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// Runs the wire scenario for one seed in this process.
+#[cfg(madsim)]
+fn wire(args: &Args) -> ExitCode {
+    use certfleet_sim::cluster::hex;
+    use certfleet_sim::wire::{self, WireOptions};
+
+    let seed = args.seeds.start;
+    let wall = std::time::Instant::now();
+    let report = wire::run(seed, WireOptions::from_seed(seed));
+    print!("{report}");
+    if !report.violations.is_empty() {
+        println!("  replay: {} --wire", replay_command(seed, args));
+    }
+    // Wall time is not a function of the seed: stderr, so stdout stays byte-identical.
+    eprintln!("wall: {:.2} s", wall.elapsed().as_secs_f64());
+    println!("digest: {}", hex(&report.trace_digest));
+    if report.violations.is_empty() {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
@@ -337,7 +371,7 @@ fn parse_range(text: &str) -> Option<std::ops::Range<u64>> {
 #[cfg(madsim)]
 fn usage(problem: &str) -> ExitCode {
     eprintln!(
-        "certfleet-sim: {problem}\nusage: certfleet-sim --seeds A..B [--jobs N] [--mutation NAME]\n       certfleet-sim --seed S [--mutation NAME] [--scenario NAME] [--quiet]"
+        "certfleet-sim: {problem}\nusage: certfleet-sim --seeds A..B [--jobs N] [--mutation NAME]\n       certfleet-sim --seed S [--mutation NAME] [--scenario NAME] [--quiet]\n       certfleet-sim --seed S --wire"
     );
     ExitCode::from(2)
 }
