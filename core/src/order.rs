@@ -449,9 +449,16 @@ pub enum Outcome {
     Failed(CaError),
 }
 
+/// The problem type of a failure on our side that no retry can fix, such as a key type this
+/// build cannot generate: not an RFC 8555 type, so no CA sends it.
+pub const LOCAL_PERMANENT_PROBLEM: &str = "urn:certfleet:error:localPermanent";
+
 /// Classifies a CA error (RFC 8555 §6.7 problem types, then HTTP status).
 #[must_use]
 pub fn classify(error: &CaError) -> FailureClass {
+    if error.problem.as_deref() == Some(LOCAL_PERMANENT_PROBLEM) {
+        return FailureClass::Permanent;
+    }
     let kind = error
         .problem
         .as_deref()
