@@ -46,7 +46,7 @@ use certfleet::raft::network;
 use certfleet::raft::types::NodeId;
 use certfleet::seal::{DataKey, Nonces};
 use certfleet_ca::{
-    AcmeServer, CaConfig, Faults, Identifier, MapTxt, NetworkValidator, ValidatorOptions,
+    AcmeServer, CaConfig, Faults, Identifier, MapTxt, NetworkValidator, RateLimit, ValidatorOptions,
 };
 use certfleet_core::model::{CertRequest, CertSpec, ChallengeKind};
 use certfleet_core::testing::ISSUER;
@@ -104,6 +104,10 @@ pub struct WireOptions {
     pub latency_ms_max: u64,
     /// Check every certificate on every survivor with a real TLS handshake.
     pub probe: bool,
+    /// The CA's new-orders limit per account (burst and rate per period), far below Let's
+    /// Encrypt's so that the run meets it: the 429 and its `Retry-After` travel the production
+    /// path (instant-acme, the adapter's recording transport, the core's account-wide hold).
+    pub orders_per_account: Option<RateLimit>,
 }
 
 impl WireOptions {
@@ -136,6 +140,10 @@ impl Default for WireOptions {
             issue_deadline_ms: 20 * 60 * 1_000,
             latency_ms_max: 5,
             probe: true,
+            orders_per_account: Some(RateLimit {
+                count: 12,
+                period_ms: 60_000,
+            }),
         }
     }
 }
@@ -173,6 +181,8 @@ pub struct WireReport {
     pub bad_nonces_injected: u64,
     /// 503 faults injected.
     pub server_errors_injected: u64,
+    /// Requests the CA refused for a rate limit.
+    pub rate_limited: u64,
     /// Validations per node the load balancer picked first (node id → count).
     pub validations_sent: BTreeMap<NodeId, u64>,
     /// TLS handshakes that showed the committed certificate.
@@ -215,7 +225,7 @@ impl fmt::Display for WireReport {
         )?;
         writeln!(
             f,
-            "ca: orders={} certificates={} validations={} failed={} requests={} bad_nonces_injected={} server_errors_injected={} sent_to={}",
+            "ca: orders={} certificates={} validations={} failed={} requests={} bad_nonces_injected={} server_errors_injected={} rate_limited={} sent_to={}",
             self.orders,
             self.ca_certificates,
             self.validations,
@@ -223,6 +233,7 @@ impl fmt::Display for WireReport {
             self.requests,
             self.bad_nonces_injected,
             self.server_errors_injected,
+            self.rate_limited,
             sent.join(","),
         )?;
         writeln!(f, "probes: {} handshakes ok", self.probes_ok)?;
@@ -454,6 +465,7 @@ impl Run {
             processing_ms_min: options.processing_ms_min,
             processing_ms_max: options.processing_ms_max,
         };
+        config.limits.orders_per_account = options.orders_per_account;
         // Let's Encrypt's defaults plus faults whose percentages are clamped above: every
         // value `CaConfig::check` looks at is in range.
         let server = AcmeServer::new(config, mix(seed, b"ca", 0)).expect("a valid CA config");
@@ -813,9 +825,43 @@ impl Run {
         // DESIGN §5: one order per certificate, plus one per leadership change mid-cycle.
         if stats.orders_created > certs_added + kills {
             self.violation(format!(
-                "the CA created {} orders for {certs_added} certificates and {kills} leader kills",
-                stats.orders_created
+                "the CA created {} orders for {certs_added} certificates and {kills} leader kills; \
+                 ordered more than once: {:?}",
+                stats.orders_created,
+                stats
+                    .orders_per_identifier
+                    .iter()
+                    .filter(|(_, n)| **n > 1)
+                    .collect::<Vec<_>>()
             ));
+            // Every CA event naming those identifiers' orders, for the replay.
+            let twice: Vec<String> = stats
+                .orders_per_identifier
+                .iter()
+                .filter(|(_, n)| **n > 1)
+                .map(|(name, _)| name.clone())
+                .collect();
+            let events: Vec<String> = lock(&self.ca)
+                .events()
+                .map(|event| format!("{event:?}"))
+                .filter(|event| twice.iter().any(|name| event.contains(name.as_str())))
+                .collect();
+            for event in events {
+                eprintln!("  ca event: {event}");
+            }
+            for (id, _) in certs {
+                if twice.iter().any(|name| id.as_str().contains(name.as_str())) {
+                    let record = members[0].node.state_machine.read(|state| {
+                        state.cert(id).map(|r| {
+                            format!(
+                                "cycle {:?} failures {} last {:?}",
+                                r.cycle, r.failures, r.last_failure
+                            )
+                        })
+                    });
+                    eprintln!("  record {id}: {record:?}");
+                }
+            }
         }
         // I7: the CA's validation, sent anywhere through the balancer, finds the challenge.
         if stats.validations_failed > 0 {
@@ -883,6 +929,7 @@ impl Run {
         self.report.requests = stats.requests;
         self.report.bad_nonces_injected = stats.bad_nonces_injected;
         self.report.server_errors_injected = stats.server_errors_injected;
+        self.report.rate_limited = stats.rate_limited;
         self.report.validations_sent = lock(&self.balancer.sent).clone();
         let mut trace = Sha256::new();
         for event in ca.events() {
