@@ -309,6 +309,9 @@ impl State {
                 self.advance(step, op, now, events)
             }
             Op::OrderFailed { step, failure, .. } => {
+                if self.late_retry_after(step, failure, now) {
+                    return Ok(());
+                }
                 check_failure(&self.fenced(step)?.spec, failure)?;
                 self.advance(step, op, now, events)
             }
@@ -362,6 +365,11 @@ impl State {
         if record.spec == *spec {
             return Ok(()); // idempotent: the same spec again changes nothing
         }
+        // A wait the CA gave the open cycle (committed by `OrderDeferred`) outlives the cycle the
+        // spec change closes (SIMULATION I9; found by the simulator, seed 223993684: a 503 with
+        // a 60 s Retry-After on `newOrder`, the certificate modified, and the next cycle's
+        // `newOrder` 58 s early).
+        let open_wait = record.open.as_ref().map(|open| open.not_before);
         self.close_cycle(&id, now, events);
         let record = self.certs.get_mut(&id).expect("checked above");
         record.identifiers_changed |=
@@ -376,6 +384,7 @@ impl State {
             .last_failure
             .as_ref()
             .and_then(|f| f.retry_at)
+            .max(open_wait)
             .filter(|at| *at > now);
         record.deferred_until = None;
         self.reindex(&id);
@@ -527,6 +536,27 @@ impl State {
 
     /// The fencing check of DESIGN §5: the cycle is open, is the one named, and belongs to the
     /// proposing term.
+    /// A failure of the certificate's last cycle that arrives after a spec change or removal
+    /// closed it: nothing is left to advance, but a `Retry-After` it carries is still the CA's
+    /// word and holds the next cycle (SIMULATION I9; found by the simulator, seed 223993684:
+    /// `newOrder` got a 503 with a 60 s Retry-After, a modification closed the cycle before the
+    /// failure was committed, the failure was refused, and the next cycle called `newOrder` 58 s
+    /// early). It can only lengthen a wait. Returns whether the command was taken this way.
+    fn late_retry_after(&mut self, step: &StepRef, failure: &Failure, now: UnixMillis) -> bool {
+        let Some(until) = failure.retry_at.filter(|until| *until > now) else {
+            return false;
+        };
+        let Some(record) = self.certs.get_mut(&step.cert) else {
+            return false;
+        };
+        if record.open.is_some() || record.cycle != step.cycle {
+            return false;
+        }
+        record.retry_at = Some(record.retry_at.map_or(until, |at| at.max(until)));
+        self.reindex(&step.cert);
+        true
+    }
+
     fn fenced(&self, step: &StepRef) -> Result<&CertRecord, Rejection> {
         let cert = &step.cert;
         let record = self

@@ -561,6 +561,92 @@ fn changing_a_spec_restarts_the_backoff_but_keeps_the_cas_retry_after() {
 }
 
 #[test]
+fn changing_a_spec_keeps_a_retry_after_the_open_cycle_was_waiting_out() {
+    // Seed 223993684: `newOrder` got a 503 with a 60 s Retry-After, committed on the open
+    // cycle; the certificate was modified, which closes the cycle, and the next cycle called
+    // `newOrder` 58 s early.
+    let mut state = at_step(StepName::Begun);
+    let until = T0.plus_ms(60_000);
+    ok(
+        &mut state,
+        T0,
+        Op::OrderDeferred {
+            step: step("www.example.com", 1, 1),
+            until,
+        },
+    );
+    let mut changed = spec(&["www.example.com"]);
+    changed.key_type = crate::model::KeyType::EcdsaP384;
+    ok(
+        &mut state,
+        T0.plus_ms(2_000),
+        Op::PutCert {
+            spec: changed,
+            seed: 1,
+        },
+    );
+    let record = state.cert(&id("www.example.com")).unwrap();
+    assert!(record.open.is_none(), "the spec change closed the cycle");
+    assert_eq!(record.retry_at, Some(until));
+    let sched = schedule(&id("www.example.com"), record, state.policy()).unwrap();
+    assert!(
+        sched.renew_at >= until,
+        "not before the CA's Retry-After: {sched:?}"
+    );
+}
+
+#[test]
+fn a_failure_arriving_after_a_spec_change_closed_its_cycle_still_holds_its_retry_after() {
+    // Seed 223993684: the spec change landed between `newOrder`'s 503 and the commit of the
+    // failure carrying its 60 s Retry-After.
+    let mut state = at_step(StepName::Begun);
+    let mut changed = spec(&["www.example.com"]);
+    changed.key_type = crate::model::KeyType::EcdsaP384;
+    ok(
+        &mut state,
+        T0.plus_ms(1_000),
+        Op::PutCert {
+            spec: changed,
+            seed: 1,
+        },
+    );
+    // Without a Retry-After there is nothing to keep: refused as before.
+    let refused = rejected(
+        &mut state,
+        T0.plus_ms(1_500),
+        Op::OrderFailed {
+            step: step("www.example.com", 1, 1),
+            failure: failure(FailureClass::Retryable),
+            seed: 3,
+        },
+    );
+    assert!(
+        matches!(refused, Rejection::NoOpenCycle { .. }),
+        "{refused:?}"
+    );
+    let mut late = failure(FailureClass::Retryable);
+    let until = T0.plus_ms(60_000);
+    late.retry_at = Some(until);
+    ok(
+        &mut state,
+        T0.plus_ms(2_000),
+        Op::OrderFailed {
+            step: step("www.example.com", 1, 1),
+            failure: late,
+            seed: 3,
+        },
+    );
+    let record = state.cert(&id("www.example.com")).unwrap();
+    assert!(record.open.is_none());
+    assert_eq!(record.retry_at, Some(until));
+    let sched = schedule(&id("www.example.com"), record, state.policy()).unwrap();
+    assert!(
+        sched.renew_at >= until,
+        "the new spec waits for the CA: {sched:?}"
+    );
+}
+
+#[test]
 fn failed_authorizations_count_against_the_identifier_budget() {
     let mut state = at_step(StepName::ChallengesPublished);
     let mut f = failure(FailureClass::Permanent);
