@@ -42,7 +42,7 @@ pub use model::{
 };
 pub use problem::ProblemType;
 pub use serve::{
-    Clock, MapResolver, MapTxt, NetworkValidator, Resolver, SystemClock, TxtLookup, Validate,
-    ValidatorOptions, serve,
+    AnyCertificate, Clock, MapResolver, MapTxt, NetworkValidator, Resolver, SystemClock, TxtLookup,
+    Validate, ValidatorOptions, serve,
 };
 pub use server::{AcmeServer, CaError};

@@ -443,9 +443,18 @@ fn sni_name(identifier: &Identifier) -> String {
 
 /// Accepts any certificate chain (TLS-ALPN-01 certificates are self-signed; what they hold is
 /// checked after the handshake) but still checks the handshake signatures, so the peer proves
-/// it holds the certificate's key.
+/// it holds the certificate's key. Also what certfleet's TLS probe uses when it only records
+/// the chain a node shows.
 #[derive(Debug)]
-struct AnyCertificate(Arc<CryptoProvider>);
+pub struct AnyCertificate(Arc<CryptoProvider>);
+
+impl AnyCertificate {
+    /// A verifier checking handshake signatures with `provider`'s algorithms.
+    #[must_use]
+    pub fn new(provider: Arc<CryptoProvider>) -> Self {
+        Self(provider)
+    }
+}
 
 impl ServerCertVerifier for AnyCertificate {
     fn verify_server_cert(

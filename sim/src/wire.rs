@@ -782,13 +782,11 @@ impl Run {
             }
             let table = member.dataplane.certs();
             for (cert, name) in certs {
-                let committed = member.node.state_machine.read(|state| {
-                    state
-                        .cert(cert)
-                        .and_then(|r| r.current.as_ref())
-                        .map(|c| c.leaf_der.clone())
-                });
-                let Some(committed) = committed else {
+                let chain = member
+                    .node
+                    .state_machine
+                    .read(|state| probe::committed_chain(state, cert));
+                let Some(committed) = chain.as_ref().and_then(|chain| chain.first()) else {
                     self.violation(format!("n{id}: {name} is not issued"));
                     continue;
                 };
@@ -802,14 +800,17 @@ impl Run {
                 }
                 let addr = SocketAddr::new(node_ip(id), TLS_PORT);
                 let trust = Trust::Roots(Arc::clone(&roots));
-                match probe::probe(addr, name, &trust, Duration::from_secs(5)).await {
-                    Ok(chain) if chain.first().is_some_and(|c| c.as_ref() == committed) => {
-                        self.report.probes_ok += 1;
-                    }
-                    Ok(_) => self.violation(format!(
-                        "n{id}: the handshake for {name} shows another leaf"
-                    )),
-                    Err(error) => self.violation(format!("n{id}: {name}: {error}")),
+                match probe::shows_committed(
+                    addr,
+                    name,
+                    &trust,
+                    chain.as_deref(),
+                    Duration::from_secs(5),
+                )
+                .await
+                {
+                    Ok(()) => self.report.probes_ok += 1,
+                    Err(reason) => self.violation(format!("n{id}: {name}: {reason}")),
                 }
             }
             if member.dataplane.skipped() > 0 {

@@ -6,10 +6,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::{CryptoProvider, verify_tls13_signature_with_raw_key};
-use rustls::pki_types::{CertificateDer, ServerName, SubjectPublicKeyInfoDer, UnixTime};
-use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use certfleet_ca::AnyCertificate;
+use certfleet_core::{CertId, State};
+use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::{ClientConfig, RootCertStore};
 use thiserror::Error;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -74,8 +74,8 @@ pub enum Trust {
     /// leaf's public key, so the node proves it holds the key. For CAs whose root the caller
     /// does not have (Pebble issues from a root it generates at start; the caller compares the
     /// chain with what the cluster committed), and for TLS-ALPN-01 certificates, whose critical
-    /// `acmeIdentifier` extension WebPKI refuses. TLS 1.3 only: only its signature can be
-    /// checked against a bare key.
+    /// `acmeIdentifier` extension WebPKI refuses (the check is the CA crate's validator's,
+    /// [`AnyCertificate`]).
     Record,
 }
 
@@ -135,73 +135,52 @@ pub async fn probe_alpn(
         })?
 }
 
+/// The chain `cert` has committed in `state`, leaf first: what every node must show for it.
+#[must_use]
+pub fn committed_chain(state: &State, cert: &CertId) -> Option<Vec<Vec<u8>>> {
+    let current = state.cert(cert)?.current.as_ref()?;
+    let mut ders = vec![current.leaf_der.clone()];
+    ders.extend(state.chain(&current.chain)?.iter().cloned());
+    Some(ders)
+}
+
+/// Probes `addr` for `name` and compares the chain shown with `committed` (leaf first, from
+/// [`committed_chain`]); the reason, if it is not the same.
+pub async fn shows_committed(
+    addr: SocketAddr,
+    name: &str,
+    trust: &Trust,
+    committed: Option<&[Vec<u8>]>,
+    timeout: Duration,
+) -> Result<(), String> {
+    let shown = probe(addr, name, trust, timeout)
+        .await
+        .map_err(|error| error.to_string())?;
+    let committed = committed.ok_or("a certificate the node has not committed")?;
+    let shown: Vec<&[u8]> = shown.iter().map(|c| c.as_ref()).collect();
+    let committed: Vec<&[u8]> = committed.iter().map(Vec::as_slice).collect();
+    if shown == committed {
+        Ok(())
+    } else {
+        Err(format!(
+            "{addr} shows a chain for {name} other than the committed one"
+        ))
+    }
+}
+
 fn client_config(trust: &Trust, alpn: &[&[u8]]) -> Arc<ClientConfig> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let versions: &[&rustls::SupportedProtocolVersion] = match trust {
-        Trust::Roots(_) => rustls::DEFAULT_VERSIONS,
-        Trust::Record => &[&rustls::version::TLS13],
-    };
     let builder = ClientConfig::builder_with_provider(provider.clone())
-        .with_protocol_versions(versions)
-        // Fails only for a provider without a suite for these versions; ring's has both.
+        .with_safe_default_protocol_versions()
+        // Fails only for a provider without a suite for TLS 1.2 or 1.3; ring's has both.
         .expect("ring's default provider supports TLS 1.2 and 1.3");
     let config = match trust {
         Trust::Roots(roots) => builder.with_root_certificates(roots.clone()),
         Trust::Record => builder
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(RecordOnly(provider))),
+            .with_custom_certificate_verifier(Arc::new(AnyCertificate::new(provider))),
     };
     let mut config = config.with_no_client_auth();
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Arc::new(config)
-}
-
-/// Accepts any chain but verifies the handshake signature with the leaf's key.
-#[derive(Debug)]
-struct RecordOnly(Arc<CryptoProvider>);
-
-impl ServerCertVerifier for RecordOnly {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        _message: &[u8],
-        _cert: &CertificateDer<'_>,
-        _dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        // Never offered (TLS 1.3 only, see `Trust::Record`).
-        Err(rustls::Error::General("TLS 1.2 is not offered".into()))
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        // The key straight from the certificate, without WebPKI's judgement of the rest of it.
-        let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).map_err(|_| {
-            rustls::Error::InvalidCertificate(rustls::CertificateError::BadEncoding)
-        })?;
-        let spki = SubjectPublicKeyInfoDer::from(parsed.public_key().raw);
-        verify_tls13_signature_with_raw_key(
-            message,
-            &spki,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
 }

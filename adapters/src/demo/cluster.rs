@@ -699,29 +699,19 @@ async fn check_served(
         let addr = SocketAddr::from((node_ip(node.id), tls_port));
         let mut checks = std::collections::VecDeque::new();
         for (cert, name) in certs {
-            let committed = node.state_machine.read(|state| {
-                let current = state.cert(cert)?.current.as_ref()?;
-                let chain = state.chain(&current.chain)?;
-                let mut ders = vec![current.leaf_der.clone()];
-                ders.extend(chain.iter().cloned());
-                Some(ders)
-            });
+            let committed = node
+                .state_machine
+                .read(|state| probe::committed_chain(state, cert));
             let (name, trust) = (name.clone(), trust.clone());
             checks.push_back(tokio::spawn(async move {
-                let shown = probe::probe(addr, &name, &trust, Duration::from_secs(10)).await;
-                let verdict = match (shown, committed) {
-                    (Ok(shown), Some(committed)) => {
-                        let shown: Vec<&[u8]> = shown.iter().map(|c| c.as_ref()).collect();
-                        let committed: Vec<&[u8]> = committed.iter().map(Vec::as_slice).collect();
-                        if shown == committed {
-                            Ok(())
-                        } else {
-                            Err("a chain other than the committed one".to_owned())
-                        }
-                    }
-                    (Ok(_), None) => Err("a certificate the node has not committed".to_owned()),
-                    (Err(error), _) => Err(error.to_string()),
-                };
+                let verdict = probe::shows_committed(
+                    addr,
+                    &name,
+                    &trust,
+                    committed.as_deref(),
+                    Duration::from_secs(10),
+                )
+                .await;
                 (name, verdict)
             }));
             if checks.len() >= 64
