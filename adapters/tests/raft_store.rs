@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use certfleet::raft::log_store::SyncMode;
+use certfleet::raft::log_store::{DiskFault, SyncMode};
 use certfleet::raft::state_machine::SnapshotDisk;
 use certfleet::raft::types::{Entry, LogId, StorageError, TypeConfig};
 use certfleet::raft::{MemLogStore, StateMachineStore};
@@ -128,6 +128,99 @@ fn a_vote_is_durable_when_save_vote_returns() {
         store.save_vote(&vote).await.unwrap();
         store.crash(0);
         assert_eq!(store.read_vote().await.unwrap(), Some(vote));
+    });
+}
+
+#[test]
+fn an_injected_disk_error_fails_its_operation_once_and_writes_nothing() {
+    runtime().block_on(async {
+        let mut store = MemLogStore::new(SyncMode::Immediate);
+        store.blocking_append([blank(1, 1)]).await.unwrap();
+        store.inject(DiskFault::Write);
+        let refused = store.blocking_append([blank(1, 2)]).await;
+        assert!(refused.is_err(), "the armed write fails");
+        assert_eq!(
+            store.get_log_state().await.unwrap().last_log_id,
+            Some(log_id(1, 1)),
+            "a failed append writes nothing"
+        );
+        store.blocking_append([blank(1, 2)]).await.unwrap();
+        store.inject(DiskFault::Read);
+        assert!(store.try_get_log_entries(..).await.is_err());
+        assert_eq!(store.try_get_log_entries(..).await.unwrap().len(), 2);
+        store.inject(DiskFault::Write);
+        assert!(store.save_vote(&openraft::Vote::new(2, 1)).await.is_err());
+        assert_eq!(
+            store.read_vote().await.unwrap(),
+            None,
+            "a failed vote is not kept"
+        );
+        assert_eq!(store.faults_fired(), 3);
+        store.inject(DiskFault::Read);
+        store.disarm();
+        assert!(store.try_get_log_entries(..).await.is_ok(), "disarmed");
+    });
+}
+
+#[test]
+fn a_failed_fsync_reports_an_error_and_leaves_its_appends_to_the_crash() {
+    runtime().block_on(async {
+        let store = MemLogStore::new(SyncMode::Deferred);
+        let mut writer = store.clone();
+        let append = tokio::spawn(async move { writer.blocking_append([blank(1, 1)]).await });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        store.inject(DiskFault::Sync);
+        store.sync();
+        assert!(
+            append.await.unwrap().is_err(),
+            "the append waiting for the failed fsync hears of it"
+        );
+        assert_eq!(store.unsynced_len(), 1, "nothing is known to be on disk");
+        assert_eq!(store.crash(0).lost, 1);
+    });
+}
+
+#[test]
+fn a_node_stops_on_a_disk_error() {
+    runtime().block_on(async {
+        let log = MemLogStore::new(SyncMode::Immediate);
+        let raft = openraft::Raft::<TypeConfig>::new(
+            1,
+            certfleet::fleet::raft_config(),
+            certfleet::raft::network::Network::default(),
+            log.clone(),
+            StateMachineStore::new(),
+        )
+        .await
+        .unwrap();
+        raft.initialize(std::collections::BTreeMap::from([(
+            1,
+            openraft::BasicNode::default(),
+        )]))
+        .await
+        .unwrap();
+        raft.wait(Some(Duration::from_secs(5)))
+            .state(openraft::ServerState::Leader, "leads")
+            .await
+            .unwrap();
+        log.inject(DiskFault::Write);
+        let command = Command {
+            at: T0,
+            op: Op::SetAccount {
+                issuer: IssuerId::parse(ISSUER).unwrap(),
+                account: account(),
+            },
+        };
+        assert!(raft.client_write(command).await.is_err());
+        let stopped = raft
+            .wait(Some(Duration::from_secs(5)))
+            .metrics(|m| m.running_state.is_err(), "stopped")
+            .await;
+        assert!(
+            stopped.is_ok(),
+            "openraft stops the node on a storage error"
+        );
+        assert_eq!(log.faults_fired(), 1);
     });
 }
 

@@ -13,16 +13,38 @@
 //!
 //! Votes and the committed index are made durable before the call returns: openraft requires
 //! a vote to be persisted before it acts on it.
+//!
+//! [`MemLogStore::inject`] arms a disk error for the simulation (a failed read, write or
+//! fsync). openraft stops the node on any storage error (`Fatal::StorageError`), as a real
+//! node must: after a failed fsync nothing says what reached the disk (PostgreSQL's
+//! "fsyncgate"), so the only safe way on is a restart from what the disk holds. A failed sync
+//! therefore leaves its entries unsynced, for the crash that follows to take.
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
+use std::io;
 use std::ops::RangeBounds;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
-use openraft::{RaftLogReader, Vote};
+use openraft::{AnyError, RaftLogReader, StorageIOError, Vote};
 
 use super::types::{Entry, LogId, NodeId, StorageError, TypeConfig};
+
+/// A disk error the simulation injects; each fails the next operation of its kind, once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum DiskFault {
+    /// Reading log entries fails.
+    Read,
+    /// Writing fails: an append, a vote, the committed index, a truncation or a purge.
+    Write,
+    /// The next sync (fsync) fails: its appends stay unsynced and openraft hears of an error.
+    Sync,
+}
+
+fn injected(fault: DiskFault) -> AnyError {
+    AnyError::error(format!("injected disk error ({fault:?})"))
+}
 
 /// When appended entries become durable.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -50,6 +72,29 @@ struct Disk {
     unsynced: Vec<Entry>,
     /// Flush callbacks waiting for the next sync.
     waiting: Vec<LogFlushed<TypeConfig>>,
+    /// Armed disk errors, each failing the next operation of its kind.
+    armed: Vec<DiskFault>,
+    /// Injected errors that fired.
+    fired: u64,
+}
+
+impl Disk {
+    /// Whether an armed `fault` fails this operation (disarming it).
+    fn fails(&mut self, fault: DiskFault) -> bool {
+        let Some(at) = self.armed.iter().position(|armed| *armed == fault) else {
+            return false;
+        };
+        self.armed.remove(at);
+        self.fired += 1;
+        true
+    }
+
+    fn write_fails(&mut self) -> Result<(), StorageError> {
+        if self.fails(DiskFault::Write) {
+            return Err(StorageIOError::write_logs(injected(DiskFault::Write)).into());
+        }
+        Ok(())
+    }
 }
 
 #[derive(Clone, Debug, Default)]
@@ -90,10 +135,37 @@ impl MemLogStore {
         store
     }
 
+    /// Arms `fault`: the next operation of its kind fails (once).
+    pub fn inject(&self, fault: DiskFault) {
+        self.disk().armed.push(fault);
+    }
+
+    /// Disarms every injected error that has not fired.
+    pub fn disarm(&self) {
+        self.disk().armed.clear();
+    }
+
+    /// Injected errors that fired so far.
+    #[must_use]
+    pub fn faults_fired(&self) -> u64 {
+        self.disk().fired
+    }
+
     /// Makes every write durable and tells openraft the waiting appends are persisted.
     pub fn sync(&self) {
         let waiting = {
             let mut disk = self.disk();
+            // An fsync with nothing to write cannot lose anything: the fault waits for one that can.
+            if !disk.waiting.is_empty() && disk.fails(DiskFault::Sync) {
+                // Nothing is known to be on disk: the appends stay unsynced, and openraft,
+                // told of the error, stops the node.
+                let waiting = std::mem::take(&mut disk.waiting);
+                drop(disk);
+                for flushed in waiting {
+                    flushed.log_io_completed(Err(io::Error::other("injected fsync error")));
+                }
+                return;
+            }
             // Only appends are ever pending (votes, the committed index, truncation and purge
             // are durable at once), so syncing moves the unsynced entries: O(new writes), not
             // O(log). Found by the simulator: copying the whole log at every sync made a run
@@ -157,8 +229,11 @@ impl RaftLogReader<TypeConfig> for MemLogStore {
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry>, StorageError> {
-        Ok(self
-            .disk()
+        let mut disk = self.disk();
+        if disk.fails(DiskFault::Read) {
+            return Err(StorageIOError::read_logs(injected(DiskFault::Read)).into());
+        }
+        Ok(disk
             .live
             .entries
             .range(range)
@@ -192,6 +267,9 @@ impl RaftLogStorage<TypeConfig> for MemLogStore {
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError> {
         let mut disk = self.disk();
+        if disk.fails(DiskFault::Write) {
+            return Err(StorageIOError::write_vote(injected(DiskFault::Write)).into());
+        }
         disk.live.vote = Some(*vote);
         disk.durable.vote = Some(*vote);
         Ok(())
@@ -203,6 +281,7 @@ impl RaftLogStorage<TypeConfig> for MemLogStore {
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
         let mut disk = self.disk();
+        disk.write_fails()?;
         disk.live.committed = committed;
         disk.durable.committed = committed;
         Ok(())
@@ -223,6 +302,7 @@ impl RaftLogStorage<TypeConfig> for MemLogStore {
     {
         let mode = {
             let mut disk = self.disk();
+            disk.write_fails()?;
             for entry in entries {
                 disk.live.entries.insert(entry.log_id.index, entry.clone());
                 disk.unsynced.push(entry);
@@ -246,6 +326,7 @@ impl RaftLogStorage<TypeConfig> for MemLogStore {
         // Truncation removes uncommitted entries; making it durable at once is what a real
         // store does (a crash must not resurrect entries a new leader overwrote).
         let mut disk = self.disk();
+        disk.write_fails()?;
         let index = log_id.index;
         disk.live.entries.split_off(&index);
         disk.durable.entries.split_off(&index);
@@ -255,6 +336,7 @@ impl RaftLogStorage<TypeConfig> for MemLogStore {
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
         let mut disk = self.disk();
+        disk.write_fails()?;
         let disk = &mut *disk;
         for data in [&mut disk.live, &mut disk.durable] {
             assert!(data.last_purged <= Some(log_id), "purge went backwards");
