@@ -9,6 +9,7 @@
 
 pub mod account;
 pub mod acme;
+pub mod buggify;
 pub mod dataplane;
 pub mod demo;
 pub mod fleet;

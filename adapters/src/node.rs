@@ -23,6 +23,7 @@ use certfleet_core::{CertId, Command, Intent, Response, Term, UnixMillis, plan};
 use openraft::Raft;
 use tokio::task::JoinHandle;
 
+use crate::buggify;
 use crate::mutation::{self, Mutation};
 use crate::raft::StateMachineStore;
 use crate::raft::network::{self, Peer};
@@ -419,6 +420,7 @@ impl<C: Clock, A: Acme> CycleTask<C, A> {
                     // round trip, and a Retry-After is relative to the call.
                     let now = self.node.clock.now();
                     let mut outcome = self.node.acme.perform(ca_action, now).await;
+                    buggify::delay(buggify::Point::AfterCaCall).await;
                     if let Outcome::Failed(error) = &mut outcome
                         && mutation::active(Mutation::IgnoreRetryAfter)
                     {

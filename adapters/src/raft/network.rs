@@ -369,6 +369,7 @@ async fn serve_connection(
                 wait_applied(&state_machine, index, Duration::from_millis(timeout_ms)).await,
             ),
         };
+        crate::buggify::delay(crate::buggify::Point::BeforeRpcReply).await;
         write_frame(&mut stream, &reply).await?;
     }
 }
