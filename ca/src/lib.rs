@@ -38,7 +38,7 @@ pub use config::{
     RateLimit, RateLimits,
 };
 pub use model::{
-    CaEvent, CaSizes, CaStats, Fault, Identifier, LimitKind, Validation, ValidationId,
+    CaEvent, CaSizes, CaStats, EventHook, Fault, Identifier, LimitKind, Validation, ValidationId,
 };
 pub use problem::ProblemType;
 pub use serve::{

@@ -235,6 +235,10 @@ pub enum CaEvent {
     },
 }
 
+/// A host's callback for each [`CaEvent`] as it happens (see
+/// [`crate::AcmeServer::set_event_hook`]).
+pub type EventHook = Box<dyn FnMut(&CaEvent) + Send>;
+
 /// Counters the simulation and the demo read.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]

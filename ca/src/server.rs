@@ -13,7 +13,7 @@ use serde_json::{Map, Value, json};
 use crate::config::{CaConfig, ChallengeKind, ConfigError, RateLimit};
 use crate::jws::{Jwk, Jws, Signer};
 use crate::model::{
-    CaEvent, CaSizes, CaStats, Fault, Identifier, LimitKind, Validation, ValidationId,
+    CaEvent, CaSizes, CaStats, EventHook, Fault, Identifier, LimitKind, Validation, ValidationId,
 };
 use crate::pki::{self, LeafRequest, Pki};
 use crate::problem::{Problem, ProblemType};
@@ -67,6 +67,7 @@ pub struct AcmeServer {
     next_validation: u64,
     stats: CaStats,
     events: VecDeque<CaEvent>,
+    event_hook: Option<EventHook>,
 }
 
 impl std::fmt::Debug for AcmeServer {
@@ -280,6 +281,7 @@ impl AcmeServer {
             next_validation: 0,
             stats: CaStats::default(),
             events: VecDeque::new(),
+            event_hook: None,
             config,
         })
     }
@@ -329,6 +331,18 @@ impl AcmeServer {
     /// The event log, oldest first.
     pub fn events(&self) -> impl Iterator<Item = &CaEvent> {
         self.events.iter()
+    }
+
+    /// Calls `hook` with every event from now on, at the moment it happens: inside the
+    /// [`AcmeServer::handle`], [`AcmeServer::validation_done`] or [`AcmeServer::tick`] call
+    /// that causes it, so before a response it belongs to is returned. A host that must act
+    /// between the CA's decision and the client seeing it (the simulation kills a leader in
+    /// exactly that window) cannot get there by reading [`AcmeServer::events`] after the
+    /// call. The hook sees events even when [`CaConfig::events_max`] keeps none. It runs on
+    /// the caller's thread with the server borrowed, so it should only record or send the
+    /// event; it cannot call back into the server.
+    pub fn set_event_hook(&mut self, hook: Option<EventHook>) {
+        self.event_hook = hook;
     }
 
     /// Drains the event log.
@@ -1873,6 +1887,9 @@ impl AcmeServer {
     }
 
     fn event(&mut self, event: CaEvent) {
+        if let Some(hook) = &mut self.event_hook {
+            hook(&event);
+        }
         if self.events.len() >= self.config.events_max {
             self.events.pop_front();
             self.stats.events_dropped += 1;

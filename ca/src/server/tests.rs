@@ -837,3 +837,40 @@ fn deactivating_an_authorization_invalidates_its_order_and_a_deactivated_account
     let refused = client.new_order(&mut server, &["b.example.com"], T0);
     assert_eq!(body_json(&refused)["type"], ProblemType::Unauthorized.urn());
 }
+
+#[test]
+fn the_event_hook_sees_an_order_created_before_new_order_answers() {
+    use std::sync::{Arc, Mutex};
+
+    let mut server = server_with(|c| c.events_max = 0);
+    let mut client = client(&mut server, 1);
+    let seen: Arc<Mutex<Vec<CaEvent>>> = Arc::default();
+    let sink = Arc::clone(&seen);
+    server.set_event_hook(Some(Box::new(move |event: &CaEvent| {
+        sink.lock().unwrap().push(event.clone());
+    })));
+    let (url, _) = order(&mut server, &mut client, &["a.example.com"], T0);
+    {
+        let seen = seen.lock().unwrap();
+        // The account came before the hook; the order is the first thing it sees, and the
+        // log (kept empty here) is not where the hook gets it from.
+        assert!(
+            matches!(
+                seen.as_slice(),
+                [CaEvent::OrderCreated { order, identifiers, .. }]
+                    if *order == url && identifiers == &["a.example.com".to_owned()]
+            ),
+            "{seen:?}"
+        );
+    }
+    assert_eq!(server.events().count(), 0);
+
+    server.set_event_hook(None);
+    order(&mut server, &mut client, &["b.example.com"], T0);
+    assert_eq!(server.stats().orders_created, 2);
+    assert_eq!(
+        seen.lock().unwrap().len(),
+        1,
+        "a removed hook is not called"
+    );
+}
