@@ -86,3 +86,16 @@ fn a_wire_run_issues_everything_when_bad_nonces_outlast_instant_acmes_retries() 
     assert!(report.orders <= options.certs as u64, "{report}");
     assert!(report.bad_nonces_injected > 100, "{report}");
 }
+
+#[test]
+fn the_runner_replaces_the_seeds_kill_with_the_one_asked_for() {
+    // Seed 4 kills at a count of issued certificates on its own.
+    let output = common::sim(&["--seed", "4", "--wire", "--wire-kill", "after-finalize"]);
+    assert!(output.contains("wire seed 4 ok "), "{output}");
+    assert!(
+        output.contains("kill: plan=after-finalize ")
+            && output.contains(" window=after-finalize ")
+            && output.contains(" resumed=true"),
+        "{output}"
+    );
+}

@@ -8,6 +8,8 @@
 //! * `certfleet-sim --seed S --wire`: the wire scenario (`certfleet_sim::wire`: the production
 //!   ACME adapter against the RFC 8555 CA over simulated TCP): its report, then
 //!   `digest: <hex>` (byte-identical on every run of that seed; wall time goes to stderr).
+//!   `--wire-kill PLAN` replaces the seed's leader kill: `none`, `after-<n>-issued`,
+//!   `after-new-order`, `after-challenges-ready` or `after-finalize`.
 //!
 //! Every seed runs in a process of its own: tokio's and futures' `select!` seed their
 //! branch-order RNG from a process-wide counter, so a second run in one process starts from
@@ -35,6 +37,7 @@ struct Args {
     single: bool,
     quiet: bool,
     wire: bool,
+    wire_kill: Option<certfleet_sim::wire::WireKill>,
     jobs: usize,
     mutation: Option<certfleet::mutation::Mutation>,
     scenario: Option<String>,
@@ -49,6 +52,7 @@ impl Args {
             single: false,
             quiet: false,
             wire: false,
+            wire_kill: None,
             jobs: 1,
             mutation: None,
             scenario: None,
@@ -89,6 +93,13 @@ impl Args {
                 "--scenario" => parsed.scenario = Some(value()?),
                 "--quiet" => parsed.quiet = true,
                 "--wire" => parsed.wire = true,
+                "--wire-kill" => {
+                    use certfleet_sim::wire::WireKill;
+                    let value = value()?;
+                    parsed.wire_kill = Some(WireKill::parse(&value).ok_or(format!(
+                        "no wire kill {value:?}; known: none, after-<n>-issued, after-new-order, after-challenges-ready, after-finalize"
+                    ))?);
+                }
                 other => return Err(format!("unknown argument {other:?}")),
             }
         }
@@ -98,6 +109,9 @@ impl Args {
         if parsed.wire && (!parsed.single || parsed.mutation.is_some() || parsed.scenario.is_some())
         {
             return Err("--wire runs one seed: --seed S --wire".into());
+        }
+        if parsed.wire_kill.is_some() && !parsed.wire {
+            return Err("--wire-kill needs --wire".into());
         }
         Ok(parsed)
     }
@@ -197,10 +211,16 @@ fn wire(args: &Args) -> ExitCode {
 
     let seed = args.seeds.start;
     let wall = std::time::Instant::now();
-    let report = wire::run(seed, WireOptions::from_seed(seed));
+    let mut options = WireOptions::from_seed(seed);
+    let mut flags = String::from(" --wire");
+    if let Some(kill) = args.wire_kill {
+        options.kill = kill;
+        flags.push_str(&format!(" --wire-kill {}", kill.name()));
+    }
+    let report = wire::run(seed, options);
     print!("{report}");
     if !report.violations.is_empty() {
-        println!("  replay: {} --wire", replay_command(seed, args));
+        println!("  replay: {}{flags}", replay_command(seed, args));
     }
     // Wall time is not a function of the seed: stderr, so stdout stays byte-identical.
     eprintln!("wall: {:.2} s", wall.elapsed().as_secs_f64());
@@ -371,7 +391,7 @@ fn parse_range(text: &str) -> Option<std::ops::Range<u64>> {
 #[cfg(madsim)]
 fn usage(problem: &str) -> ExitCode {
     eprintln!(
-        "certfleet-sim: {problem}\nusage: certfleet-sim --seeds A..B [--jobs N] [--mutation NAME]\n       certfleet-sim --seed S [--mutation NAME] [--scenario NAME] [--quiet]\n       certfleet-sim --seed S --wire"
+        "certfleet-sim: {problem}\nusage: certfleet-sim --seeds A..B [--jobs N] [--mutation NAME]\n       certfleet-sim --seed S [--mutation NAME] [--scenario NAME] [--quiet]\n       certfleet-sim --seed S --wire [--wire-kill PLAN]"
     );
     ExitCode::from(2)
 }
