@@ -8,7 +8,9 @@
 
 mod common;
 
-use certfleet_sim::wire::{self, EDGES, VOTERS, WireKill, WireOptions};
+use certfleet_sim::wire::{
+    self, EDGES, KillHit, VOTERS, Window, WireKill, WireOptions, WireReport,
+};
 
 #[test]
 fn a_wire_run_issues_every_certificate_on_every_survivor_through_a_leader_kill() {
@@ -85,6 +87,98 @@ fn a_wire_run_issues_everything_when_bad_nonces_outlast_instant_acmes_retries() 
     );
     assert!(report.orders <= options.certs as u64, "{report}");
     assert!(report.bad_nonces_injected > 100, "{report}");
+}
+
+/// Runs `seed` with the leader killed in `window` and checks what every window shares: the
+/// kill fired there, the run is clean, every survivor has every certificate. In the test
+/// process the run is not byte-for-byte the runner's `--seed S --wire --wire-kill W` (openraft's
+/// `select!`s draw from a process-wide RNG), so the tests assert only what every run of the
+/// window must show, not the seed's exact figures.
+fn killed_in(seed: u64, window: Window) -> (WireReport, KillHit) {
+    let options = WireOptions {
+        kill: WireKill::InWindow(window),
+        ..WireOptions::from_seed(seed)
+    };
+    let report = wire::run(seed, options.clone());
+    eprint!("{report}");
+    assert!(report.violations.is_empty(), "{report}");
+    assert!(report.killed.is_some(), "{report}");
+    let hit = report
+        .kill_hit
+        .clone()
+        .unwrap_or_else(|| panic!("no kill in {}:\n{report}", window.name()));
+    assert_eq!(hit.window, window, "{report}");
+    assert!(
+        report.issued.values().all(|&n| n == options.certs),
+        "{report}"
+    );
+    // Each other certificate once; one whose `newOrder` was in flight at the kill may have
+    // cost a second (the run checks that per certificate).
+    let certs = options.certs as u64;
+    assert!(report.orders >= certs, "{report}");
+    assert!(
+        report.orders <= certs + report.begun_at_kill.len() as u64,
+        "{report}"
+    );
+    (report, hit)
+}
+
+#[test]
+fn wire_kill_after_new_order() {
+    let (report, hit) = killed_in(1, Window::AfterNewOrder);
+    // The leader died before the CA's answer reached it: its cycle was at `Begun`, the order's
+    // URL never committed.
+    assert!(!hit.order_committed, "{report}");
+    assert!(report.begun_at_kill.contains(&hit.cert), "{report}");
+    // So the next leader, resuming at `Begun`, cannot know that order and creates another
+    // (the CA has no order reuse): exactly one extra order, DESIGN §5's bound met with
+    // equality, and the certificate comes from the second order, not the one the kill hit.
+    assert_eq!(hit.orders, 2, "{report}");
+    assert!(!hit.resumed, "{report}");
+}
+
+#[test]
+fn wire_kill_after_challenges_ready() {
+    let (report, hit) = killed_in(2, Window::AfterChallengesReady);
+    // The order's URL and the challenges were committed before the CA was told; the next
+    // leader resumes that order by its URL and the CA's validation (sent anywhere but the
+    // dead node) still finds the challenge: one order, the certificate from it.
+    assert!(hit.order_committed, "{report}");
+    assert!(!report.begun_at_kill.contains(&hit.cert), "{report}");
+    assert_eq!(hit.orders, 1, "{report}");
+    assert!(hit.resumed, "{report}");
+}
+
+#[test]
+fn wire_kill_after_finalize() {
+    let (report, hit) = killed_in(3, Window::AfterFinalize);
+    // The CA signed while the leader died: the key was committed before finalize, so the next
+    // leader resumes the order, downloads that certificate and commits it with the key it
+    // holds: one order, one certificate, from the order the kill hit.
+    assert!(hit.order_committed, "{report}");
+    assert_eq!(hit.orders, 1, "{report}");
+    assert!(hit.resumed, "{report}");
+}
+
+#[test]
+fn any_four_consecutive_seeds_kill_in_every_window_and_at_a_count() {
+    for base in [0, 1, 17] {
+        let plans: Vec<WireKill> = (base..base + 4)
+            .map(|seed| WireOptions::from_seed(seed).kill)
+            .collect();
+        for window in Window::ALL {
+            assert!(plans.contains(&WireKill::InWindow(window)), "{plans:?}");
+        }
+        assert!(
+            plans
+                .iter()
+                .any(|plan| matches!(plan, WireKill::AfterIssued(n) if (1..30).contains(n))),
+            "{plans:?}"
+        );
+        for plan in plans {
+            assert_eq!(WireKill::parse(&plan.name()), Some(plan));
+        }
+    }
 }
 
 #[test]
