@@ -21,6 +21,10 @@ pub enum Point {
     /// A Raft RPC has been handled and its reply not yet sent (a slow follower or a congested
     /// link, short of a partition).
     BeforeRpcReply,
+    /// A member answers the leader's `WaitApplied` at once with what it has acknowledged so
+    /// far, as if the acknowledgement were lost and the wait had timed out: the leader goes
+    /// ahead counting the member as lagging (DESIGN §5 step 3).
+    DropAppliedAck,
 }
 
 impl Point {
@@ -29,6 +33,7 @@ impl Point {
         match self {
             Self::AfterCaCall => (0.05, 3_000),
             Self::BeforeRpcReply => (0.002, 600),
+            Self::DropAppliedAck => (0.02, 0),
         }
     }
 }
@@ -44,19 +49,31 @@ pub fn set(on: bool) {
     ON.with(|cell| cell.set(on));
 }
 
-/// Under a simulation that switched buggify on, sometimes sleeps at `point`; otherwise
-/// returns at once.
-pub async fn delay(point: Point) {
-    let (chance, ms_max) = point.shape();
+/// Under a simulation that switched buggify on, whether `point` fires this time (with its
+/// chance); otherwise false.
+#[must_use]
+pub fn fires(point: Point) -> bool {
+    let (chance, _) = point.shape();
     #[cfg(madsim)]
     if ON.with(std::cell::Cell::get) {
         use madsim::rand::Rng;
-        let mut rng = madsim::rand::thread_rng();
-        if rng.gen_bool(chance) {
-            let ms = rng.gen_range(1..=ms_max);
+        return madsim::rand::thread_rng().gen_bool(chance);
+    }
+    let _ = chance;
+    false
+}
+
+/// Under a simulation that switched buggify on, sometimes sleeps at `point`; otherwise
+/// returns at once.
+pub async fn delay(point: Point) {
+    let (_, ms_max) = point.shape();
+    if fires(point) {
+        #[cfg(madsim)]
+        {
+            use madsim::rand::Rng;
+            let ms = madsim::rand::thread_rng().gen_range(1..=ms_max.max(1));
             tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
         }
     }
-    #[cfg(not(madsim))]
-    let _ = (chance, ms_max);
+    let _ = ms_max;
 }

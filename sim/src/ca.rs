@@ -151,6 +151,10 @@ pub const RESTART_EXCUSE_MS: u64 = 5_000;
 /// reaches the rest of the cluster through a commit (one write deadline).
 pub const RETRY_AFTER_PROPAGATION_MS: u64 = 6_000;
 
+/// A CA outage at least this long counts as a long one (`ca-down-long`): longer than a
+/// certificate's renewal window, so certificates expire during it and all come due at once.
+pub const LONG_OUTAGE_MS: u64 = 15 * 60 * 1000;
+
 /// The simulated CA.
 pub struct SimCa {
     inner: Mutex<Inner>,
@@ -616,13 +620,18 @@ impl SimCa {
             }
             let key = resource(&action);
             inner.check_retry_after(&action, &key, true_now);
-            if let Some(&(_, end)) = inner
+            if let Some(&(start, end)) = inner
                 .faults
                 .down
                 .iter()
                 .find(|(start, end)| *start <= true_now && true_now < *end)
             {
-                *inner.books.faults_fired.entry("ca-down").or_default() += 1;
+                let class = if end.ms_since(start) >= LONG_OUTAGE_MS {
+                    "ca-down-long"
+                } else {
+                    "ca-down"
+                };
+                *inner.books.faults_fired.entry(class).or_default() += 1;
                 if std::env::var_os("CERTFLEET_SIM_VERBOSE").is_some() {
                     eprintln!(
                         "ca +{} ms: 503 to {} ({key})",

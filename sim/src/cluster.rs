@@ -3,12 +3,12 @@
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use certfleet::node::{Clock, DriverConfig, DriverStats, NodeDriver, SystemClock};
-use certfleet::raft::log_store::SyncMode;
+use certfleet::raft::log_store::{DiskFault, SyncMode};
 use certfleet::raft::network::{self, Network};
 use certfleet::raft::state_machine::{AppliedEntry, ApplyObserver, SnapshotDisk};
 use certfleet::raft::types::{NodeId, TypeConfig};
@@ -57,6 +57,11 @@ pub const LIVENESS_MS: u64 = 40 * 60 * 1000;
 pub const GRACE_MS: u64 = 10 * 60 * 1000;
 /// Virtual time one run may take at most; past it the run is stuck.
 pub const VIRTUAL_SECS_MAX: u64 = 3 * 3_600;
+/// How often the harness looks whether an armed disk error stopped its node (a supervisor's
+/// reaction time).
+pub const DISK_CHECK_MS: u64 = 250;
+/// How long an armed disk error waits for its operation before it is disarmed.
+pub const DISK_ERROR_WAIT_MS: u64 = 120_000;
 /// Entries between snapshots.
 pub const SNAPSHOT_EVERY_ENTRIES: u64 = 200;
 /// Entries kept in the log after a snapshot (a follower further behind gets the snapshot).
@@ -65,9 +70,10 @@ pub const LOG_KEPT_AFTER_SNAPSHOT: u64 = 20;
 pub const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 1);
 
 /// Fault classes a run can inject (SIMULATION: a batch fails if one never fired).
-pub const FAULT_CLASSES: [&str; 15] = [
+pub const FAULT_CLASSES: [&str; 20] = [
     "edge-removed",
     "voter-demoted",
+    "voter-replaced",
     "crash",
     "crash-long",
     "clog",
@@ -78,6 +84,10 @@ pub const FAULT_CLASSES: [&str; 15] = [
     "clock-jump",
     "leader-kill",
     "ca-down",
+    "ca-down-long",
+    "lossy",
+    "flapping-partition",
+    "disk-error",
     "rate-limited",
     "invalid-authz",
     "lost-finalize",
@@ -184,6 +194,8 @@ struct Host {
     live: Incarnation,
     up: bool,
     paused: bool,
+    /// Replaced by a new host and decommissioned: never restarted, out of the checks.
+    retired: bool,
     /// Process lifetimes so far; the init closure reads it at each start.
     incarnation: Arc<AtomicU64>,
     clock: Arc<SkewedClock>,
@@ -231,8 +243,10 @@ impl Choices {
     }
 }
 
-fn raft_config() -> Arc<Config> {
-    let config = Config {
+/// The Raft configuration of a run: fixed, or with buggify on, knobs drawn from the seed
+/// (SIMULATION "Buggify": shrink batch sizes, shorten timeouts, snapshot at other paces).
+fn raft_config(options: &SimOptions) -> Arc<Config> {
+    let mut config = Config {
         heartbeat_interval: 100,
         election_timeout_min: 400,
         election_timeout_max: 800,
@@ -243,7 +257,30 @@ fn raft_config() -> Arc<Config> {
         max_in_snapshot_log_to_keep: LOG_KEPT_AFTER_SNAPSHOT,
         ..Config::default()
     };
-    Arc::new(config.validate().expect("a valid static config"))
+    if options.buggify {
+        let knob = |what: &[u8], bound: u64| mix(options.seed, what, 1) % bound;
+        // openraft 0.9 drops an AppendEntries after one heartbeat interval: a heartbeat shorter
+        // than the round trip replicates nothing (seed 195 drew 40 ms against up to 148 ms
+        // round trips; writes timed out for the whole run).
+        config.heartbeat_interval = (2 * options.latency_ms_max).max(30) + knob(b"heartbeat", 100);
+        // An election must outlast a few heartbeats and two round trips (Raft's "broadcast
+        // time ≪ election timeout"), or nothing but elections happens: seed 195 drew 123 ms
+        // against 100 ms links and spent its run electing.
+        let floor = (config.heartbeat_interval * 3).max(options.latency_ms_max * 4);
+        config.election_timeout_min = floor + knob(b"election", 400);
+        config.election_timeout_max = config.election_timeout_min + 100 + knob(b"spread", 600);
+        // openraft keeps one append in flight per follower: with a handful of entries per
+        // append and 150 ms round trips the log outgrows replication (seed 195 at 5 entries:
+        // commits took over 5 s and writes timed out), which is a slow cluster, not a finding.
+        config.max_payload_entries = 16 + knob(b"payload", 285);
+        config.snapshot_policy =
+            openraft::SnapshotPolicy::LogsSinceLast(20 + knob(b"snapshot-every", 400));
+        config.max_in_snapshot_log_to_keep = knob(b"log-kept", 50);
+        config.purge_batch_size = 1 + knob(b"purge-batch", 64);
+    }
+    // Every knob above is within openraft's checks (election timeouts above the heartbeat,
+    // max above min, nonzero batch sizes).
+    Arc::new(config.validate().expect("a valid config"))
 }
 
 /// What every host shares with the harness.
@@ -288,6 +325,7 @@ fn start_host(
     let stats: Arc<Mutex<Vec<Arc<DriverStats>>>> = Arc::default();
     let sync_every = Duration::from_millis(options.sync_interval_ms);
     let driver_seed = mix(options.seed, b"driver", id);
+    let init_config = raft_config(options);
     let init_snapshots = snapshots.clone();
     let (init_log, init_live, init_shared, init_clock, init_incarnation, init_stats) = (
         log.clone(),
@@ -311,6 +349,7 @@ fn start_host(
             );
             let lifetime = (id, init_incarnation.load(Ordering::Relaxed));
             let snapshots = init_snapshots.clone();
+            let config = init_config.clone();
             async move {
                 let journal = shared.journal.clone();
                 let observer: ApplyObserver = Arc::new(move |entry: &AppliedEntry<'_>| {
@@ -331,7 +370,7 @@ fn start_host(
                 };
                 let started = Raft::new(
                     id,
-                    raft_config(),
+                    config,
                     Network::default(),
                     log.clone(),
                     state_machine.clone(),
@@ -397,6 +436,7 @@ fn start_host(
         live,
         up: true,
         paused: false,
+        retired: false,
         incarnation,
         clock,
         stats,
@@ -420,6 +460,7 @@ pub async fn run(options: &SimOptions) -> Outcome {
         .await
         .expect("the client host does not crash");
     certfleet::mutation::set(None);
+    certfleet::buggify::set(false);
     outcome
 }
 
@@ -456,6 +497,25 @@ enum Fault {
         target: u64,
         voter: bool,
     },
+    /// Packet loss on every link.
+    Lossy {
+        percent: u64,
+    },
+    /// A partition switched on and off every `period_ms` until removed (`id` names its
+    /// switching task).
+    Flap {
+        side: Vec<u64>,
+        period_ms: u64,
+        id: u64,
+    },
+    /// A disk error armed on a node's log store (target 0: whoever leads when it is armed).
+    /// Removing it looks whether it stopped the node: then the node restarts, as under a
+    /// supervisor; if it has not fired by `until_ms`, it is disarmed.
+    Disk {
+        target: u64,
+        fault: DiskFault,
+        until_ms: u64,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -463,7 +523,18 @@ enum Event {
     Write(Write),
     Inject(Fault, u64),
     Remove(Fault),
-    ClockJump { target: u64, offset_ms: i64 },
+    ClockJump {
+        target: u64,
+        offset_ms: i64,
+    },
+    /// Buggify: a node builds a snapshot now, whatever its policy says.
+    Snapshot {
+        target: u64,
+    },
+    /// A voter replaced by a new host with an empty disk; the old one is decommissioned.
+    ReplaceVoter {
+        target: u64,
+    },
 }
 
 /// Workload writes and how each ended (`Err`: unknown), in completion order.
@@ -490,6 +561,10 @@ struct Run {
     leader_crashes: u64,
     /// Members whose return failed: put back when the faults are removed.
     membership_retry: Vec<(u64, bool)>,
+    /// Loss rates of the lossy periods in force (they may overlap).
+    lossy: Vec<u64>,
+    /// Stop switches of the flapping partitions in force.
+    flapping: BTreeMap<u64, Arc<AtomicBool>>,
 }
 
 impl Run {
@@ -516,6 +591,11 @@ impl Run {
         for _ in 0..options.ca_down {
             let start = now.plus_ms(choices.below(SAFETY_MS * 3 / 4));
             let length = 60_000 + choices.below(9 * 60_000);
+            faults.down.push((start, start.plus_ms(length)));
+        }
+        if options.ca_down_long {
+            let start = now.plus_ms(choices.below(SAFETY_MS / 4));
+            let length = 20 * 60_000 + choices.below(20 * 60_000);
             faults.down.push((start, start.plus_ms(length)));
         }
         for _ in 0..options.ca_rate_limited {
@@ -564,6 +644,8 @@ impl Run {
             shared,
             kills,
             membership_retry: Vec::new(),
+            lossy: Vec::new(),
+            flapping: BTreeMap::new(),
             choices,
             schedule: BTreeMap::new(),
             sequence: 0,
@@ -588,6 +670,21 @@ impl Run {
 
     async fn go(mut self) -> Outcome {
         note!(&mut self.trace, "{}", self.options);
+        certfleet::buggify::set(self.options.buggify);
+        if self.options.buggify {
+            let config = raft_config(&self.options);
+            note!(
+                &mut self.trace,
+                "buggify raft: heartbeat {} ms, election {}..{} ms, payload {}, snapshot {:?}, log kept {}, purge batch {}",
+                config.heartbeat_interval,
+                config.election_timeout_min,
+                config.election_timeout_max,
+                config.max_payload_entries,
+                config.snapshot_policy,
+                config.max_in_snapshot_log_to_keep,
+                config.purge_batch_size
+            );
+        }
         self.bootstrap().await;
         self.plan_safety_phase();
         self.safety_phase().await;
@@ -796,6 +893,57 @@ impl Run {
             let offset_ms = self.choices.signed(offset_max);
             self.at(at, Event::ClockJump { target, offset_ms });
         }
+        // Drawn last, so the faults above fall where they did before these classes existed.
+        for _ in 0..options.lossy {
+            let percent = 1 + self.choices.below(30);
+            let at = self.choices.below(span);
+            let length = 10_000 + self.choices.below(290_000);
+            self.at(at, Event::Inject(Fault::Lossy { percent }, length));
+        }
+        for id in 0..options.flaps {
+            let mut side: Vec<u64> = (1..=hosts).filter(|_| self.choices.below(2) == 0).collect();
+            if side.is_empty() || side.len() as u64 == hosts {
+                side = vec![1 + self.choices.below(hosts)];
+            }
+            let period_ms = 200 + self.choices.below(2_800);
+            let at = self.choices.below(span);
+            let length = 10_000 + self.choices.below(50_000);
+            let flap = Fault::Flap {
+                side,
+                period_ms,
+                id,
+            };
+            self.at(at, Event::Inject(flap, length));
+        }
+        for _ in 0..options.disk_errors {
+            let fault = [DiskFault::Read, DiskFault::Write, DiskFault::Sync]
+                [self.choices.below(3) as usize];
+            // Log reads are mostly the leader's (replication); writes and syncs are everyone's.
+            let target = if fault == DiskFault::Read || self.choices.below(2) == 0 {
+                0
+            } else {
+                1 + self.choices.below(hosts)
+            };
+            let at = self.choices.below(span);
+            let disk = Fault::Disk {
+                target,
+                fault,
+                until_ms: 0,
+            };
+            self.at(at, Event::Inject(disk, DISK_CHECK_MS));
+        }
+        for _ in 0..options.replacements {
+            let target = 1 + self.choices.below(options.voters);
+            let at = self.choices.below(span);
+            self.at(at, Event::ReplaceVoter { target });
+        }
+        if options.buggify {
+            for _ in 0..5 + self.choices.below(20) {
+                let target = 1 + self.choices.below(hosts);
+                let at = self.choices.below(span);
+                self.at(at, Event::Snapshot { target });
+            }
+        }
     }
 
     async fn safety_phase(&mut self) {
@@ -816,13 +964,28 @@ impl Run {
                 Event::Write(write) => self.write(write),
                 Event::Inject(fault, length) => {
                     // Target 0: whoever leads at that moment.
+                    let leader = self
+                        .hosts
+                        .iter()
+                        .find(|h| Self::is_leader(h).is_some())
+                        .map(|h| h.id);
                     let fault = match fault {
-                        Fault::Pause { target: 0 } => {
-                            match self.hosts.iter().find(|h| Self::is_leader(h).is_some()) {
-                                Some(leader) => Fault::Pause { target: leader.id },
-                                None => continue,
-                            }
-                        }
+                        Fault::Pause { target: 0 } => match leader {
+                            Some(target) => Fault::Pause { target },
+                            None => continue,
+                        },
+                        Fault::Disk {
+                            target,
+                            fault: kind,
+                            ..
+                        } => match if target == 0 { leader } else { Some(target) } {
+                            Some(target) => Fault::Disk {
+                                target,
+                                fault: kind,
+                                until_ms: self.elapsed() as u64 + DISK_ERROR_WAIT_MS,
+                            },
+                            None => continue,
+                        },
                         other => other,
                     };
                     if self.inject(&fault).await {
@@ -831,6 +994,14 @@ impl Run {
                     }
                 }
                 Event::Remove(fault) => self.remove(&fault).await,
+                Event::ReplaceVoter { target } => self.replace_voter(target).await,
+                Event::Snapshot { target } => {
+                    let host = &self.hosts[target as usize - 1];
+                    if let Some(raft) = host.raft().filter(|_| host.answers()) {
+                        let _ = raft.trigger().snapshot().await;
+                        note!(&mut self.trace, "{:>8} snapshot n{target}", self.elapsed());
+                    }
+                }
                 Event::ClockJump { target, offset_ms } => {
                     self.hosts[target as usize - 1]
                         .clock
@@ -970,6 +1141,9 @@ impl Run {
     /// Takes a member out (`back`: false) or puts it back, through whoever leads.
     async fn change_membership(&mut self, target: u64, voter: bool, back: bool) -> bool {
         use openraft::ChangeMembers;
+        if self.hosts[target as usize - 1].retired {
+            return false;
+        }
         let node = BasicNode {
             addr: self.hosts[target as usize - 1].addr.to_string(),
         };
@@ -1044,28 +1218,7 @@ impl Run {
             // an operator's health check would have it: challenges published while it was out
             // were never waited for on it.
             if back && done {
-                let caught_up = self.leader().map_or(0, |leader| {
-                    leader
-                        .metrics()
-                        .borrow()
-                        .last_applied
-                        .map_or(0, |id| id.index)
-                });
-                if let Some(state_machine) = self.hosts[target as usize - 1].state_machine() {
-                    for _ in 0..150 {
-                        if *state_machine.applied_index().borrow() >= caught_up {
-                            break;
-                        }
-                        tokio::time::sleep(Duration::from_millis(200)).await;
-                    }
-                    self.shared.ca.readmit(
-                        target,
-                        Backend {
-                            state_machine,
-                            started_at: SystemClock.now(),
-                        },
-                    );
-                }
+                self.admit_when_caught_up(target).await;
             } else if done {
                 self.shared.ca.withdraw(target);
             }
@@ -1078,6 +1231,151 @@ impl Run {
             });
         }
         done
+    }
+
+    /// Puts `target` behind the load balancer once it has applied what the leader had applied
+    /// (its readiness probe), as an operator's health check would have it: challenges
+    /// published while it was out were never waited for on it.
+    async fn admit_when_caught_up(&mut self, target: u64) {
+        let caught_up = self.leader().map_or(0, |leader| {
+            leader
+                .metrics()
+                .borrow()
+                .last_applied
+                .map_or(0, |id| id.index)
+        });
+        if let Some(state_machine) = self.hosts[target as usize - 1].state_machine() {
+            for _ in 0..150 {
+                if *state_machine.applied_index().borrow() >= caught_up {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            self.shared.ca.readmit(
+                target,
+                Backend {
+                    state_machine,
+                    started_at: SystemClock.now(),
+                },
+            );
+        }
+    }
+
+    /// Replaces voter `target` by a new host with an empty disk (SIMULATION "Membership
+    /// churn: replace a voter"): the new node joins as a learner and catches up, one joint
+    /// change swaps it in for the old voter (which leaves the membership altogether), and the
+    /// old host is decommissioned for good. A target that is not a voter at that moment
+    /// (demoted by churn, or down) is left alone.
+    async fn replace_voter(&mut self, target: u64) {
+        use openraft::ChangeMembers;
+        let old = &self.hosts[target as usize - 1];
+        let is_voter = self.leader().is_some_and(|leader| {
+            let metrics = leader.metrics().borrow().clone();
+            metrics
+                .membership_config
+                .membership()
+                .voter_ids()
+                .any(|id| id == target)
+        });
+        if old.retired || !old.up || !is_voter {
+            note!(
+                &mut self.trace,
+                "{:>8} replace voter n{target}: skipped (not an answering voter)",
+                self.elapsed()
+            );
+            return;
+        }
+        let id = self.hosts.len() as u64 + 1;
+        // Behind the load balancer only once caught up (its restarts do not put it there).
+        self.shared.ca.withdraw(id);
+        let clock = Arc::new(SkewedClock::new(0, 0));
+        let host = start_host(&self.handle, id, &self.options, &self.shared, clock);
+        let node = BasicNode {
+            addr: host.addr.to_string(),
+        };
+        self.hosts.push(host);
+        let mut learner = false;
+        for _ in 0..50 {
+            if let Some(leader) = self.leader() {
+                let added = tokio::time::timeout(
+                    Duration::from_secs(30),
+                    leader.add_learner(id, node.clone(), true),
+                )
+                .await;
+                if matches!(added, Ok(Ok(_))) && membership_committed(&leader).await {
+                    learner = true;
+                    break;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let mut swapped = false;
+        for _ in 0..50 {
+            if !learner {
+                break;
+            }
+            let Some(leader) = self.leader() else {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            };
+            let voters: std::collections::BTreeSet<u64> = leader
+                .metrics()
+                .borrow()
+                .membership_config
+                .membership()
+                .voter_ids()
+                .collect();
+            if voters.contains(&id) && !voters.contains(&target) {
+                swapped = membership_committed(&leader).await;
+                if swapped {
+                    break;
+                }
+            } else {
+                let mut next = voters;
+                next.remove(&target);
+                next.insert(id);
+                // `false`: the old voter leaves the membership, not just the voters.
+                let change = leader.change_membership(ChangeMembers::ReplaceAllVoters(next), false);
+                if matches!(
+                    tokio::time::timeout(Duration::from_secs(10), change).await,
+                    Ok(Ok(_))
+                ) && membership_committed(&leader).await
+                {
+                    swapped = true;
+                    break;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        note!(
+            &mut self.trace,
+            "{:>8} replace voter n{target} by n{id}: {}",
+            self.elapsed(),
+            match (learner, swapped) {
+                (true, true) => "done",
+                (true, false) => "joined as a learner, swap failed",
+                _ => "failed to join",
+            }
+        );
+        if !swapped {
+            // The new host stays: a learner (or a node nobody added) that heal leaves be.
+            return;
+        }
+        self.fired("voter-replaced");
+        self.admit_when_caught_up(id).await;
+        // Decommission the old host: out of the load balancer, its process stopped for good.
+        self.shared.ca.withdraw(target);
+        let host = &mut self.hosts[target as usize - 1];
+        if host.paused {
+            self.handle.resume(host.node.id());
+            host.paused = false;
+        }
+        let crash = Fault::Crash {
+            target,
+            long: false,
+        };
+        self.inject_now(&crash);
+        self.hosts[target as usize - 1].retired = true;
     }
 
     /// Injects a fault that needs no round trip.
@@ -1140,6 +1438,58 @@ impl Run {
                 );
             }
             Fault::Membership { .. } => return false,
+            Fault::Lossy { percent } => {
+                self.lossy.push(*percent);
+                self.set_loss();
+                self.fired("lossy");
+                note!(&mut self.trace, "{:>8} loss {percent}%", self.elapsed());
+            }
+            Fault::Flap {
+                side,
+                period_ms,
+                id,
+            } => {
+                let stop = Arc::new(AtomicBool::new(false));
+                self.flapping.insert(*id, stop.clone());
+                let links = self.links(side);
+                let period = Duration::from_millis(*period_ms);
+                // On the client host, which no fault touches.
+                tokio::spawn(async move {
+                    let mut cut = true;
+                    while !stop.load(Ordering::Relaxed) {
+                        let net = NetSim::current();
+                        for &(a, b) in &links {
+                            if cut {
+                                net.clog_link(a, b);
+                                net.clog_link(b, a);
+                            } else {
+                                net.unclog_link(a, b);
+                                net.unclog_link(b, a);
+                            }
+                        }
+                        cut = !cut;
+                        tokio::time::sleep(period).await;
+                    }
+                });
+                self.fired("flapping-partition");
+                note!(
+                    &mut self.trace,
+                    "{:>8} flapping partition {side:?} every {period_ms} ms",
+                    self.elapsed()
+                );
+            }
+            Fault::Disk { target, fault, .. } => {
+                let host = &self.hosts[*target as usize - 1];
+                if !host.up {
+                    return false;
+                }
+                host.log.inject(*fault);
+                note!(
+                    &mut self.trace,
+                    "{:>8} disk error armed on n{target}: {fault:?}",
+                    self.elapsed()
+                );
+            }
             Fault::Pause { target } => {
                 let host = &mut self.hosts[*target as usize - 1];
                 if !host.up || host.paused {
@@ -1152,6 +1502,14 @@ impl Run {
             }
         }
         true
+    }
+
+    /// Sets madsim's loss rate to the worst lossy period in force.
+    fn set_loss(&self) {
+        let percent = self.lossy.iter().copied().max().unwrap_or(0);
+        NetSim::current().update_config(|config| {
+            config.packet_loss_rate = percent as f64 / 100.0;
+        });
     }
 
     /// The (side → rest) links of a partition, as madsim node ids.
@@ -1173,7 +1531,7 @@ impl Run {
             }
             Fault::Crash { target, .. } => {
                 let host = &mut self.hosts[*target as usize - 1];
-                if host.up {
+                if host.up || host.retired {
                     return;
                 }
                 host.incarnation.fetch_add(1, Ordering::Relaxed);
@@ -1196,6 +1554,74 @@ impl Run {
                     self.elapsed()
                 );
             }
+            Fault::Lossy { percent } => {
+                if let Some(at) = self.lossy.iter().position(|p| p == percent) {
+                    self.lossy.remove(at);
+                }
+                self.set_loss();
+                note!(
+                    &mut self.trace,
+                    "{:>8} loss {percent}% over",
+                    self.elapsed()
+                );
+            }
+            Fault::Flap { side, id, .. } => {
+                if let Some(stop) = self.flapping.remove(id) {
+                    stop.store(true, Ordering::Relaxed);
+                }
+                for (a, b) in self.links(side) {
+                    net.unclog_link(a, b);
+                    net.unclog_link(b, a);
+                }
+                note!(
+                    &mut self.trace,
+                    "{:>8} flapping partition {side:?} over",
+                    self.elapsed()
+                );
+            }
+            Fault::Disk {
+                target,
+                fault: kind,
+                until_ms,
+            } => {
+                let host = &self.hosts[*target as usize - 1];
+                let stopped = host.raft().map(|raft| {
+                    let metrics = raft.metrics().borrow().clone();
+                    metrics.running_state.err().map(|fatal| fatal.to_string())
+                });
+                match stopped {
+                    Some(Some(fatal)) => {
+                        // The process exits on a fatal error; its supervisor starts it again.
+                        self.fired("disk-error");
+                        note!(
+                            &mut self.trace,
+                            "{:>8} n{target} stopped on a disk error: {fatal}",
+                            self.elapsed()
+                        );
+                        let crash = Fault::Crash {
+                            target: *target,
+                            long: false,
+                        };
+                        if self.inject_now(&crash) {
+                            let end = self.elapsed() as u64 + 1_000 + self.choices.below(4_000);
+                            self.at(end, Event::Remove(crash));
+                        }
+                    }
+                    Some(None) if (self.elapsed() as u64) < *until_ms => {
+                        let next = self.elapsed() as u64 + DISK_CHECK_MS;
+                        self.at(next, Event::Remove(fault.clone()));
+                    }
+                    _ => {
+                        // Not hit in time, or the node went down some other way meanwhile.
+                        host.log.disarm();
+                        note!(
+                            &mut self.trace,
+                            "{:>8} disk error on n{target} ({kind:?}) disarmed",
+                            self.elapsed()
+                        );
+                    }
+                }
+            }
             Fault::Pause { target } => {
                 let host = &mut self.hosts[*target as usize - 1];
                 if !host.paused {
@@ -1212,11 +1638,31 @@ impl Run {
     /// SIMULATION step 3: every fault removed, every node restarted (one at a time, so the
     /// cluster keeps a majority), the network and the CA healed.
     async fn heal(&mut self) {
-        let pending: Vec<Event> = std::mem::take(&mut self.schedule).into_values().collect();
-        for event in pending {
+        certfleet::buggify::set(false);
+        let mut pending = std::mem::take(&mut self.schedule);
+        while let Some((_, event)) = pending.pop_first() {
             if let Event::Remove(fault) = event {
+                // A disk error is settled now: the node restarts if it stopped, else disarmed.
+                let fault = match fault {
+                    Fault::Disk { target, fault, .. } => Fault::Disk {
+                        target,
+                        fault,
+                        until_ms: 0,
+                    },
+                    other => other,
+                };
                 self.remove(&fault).await;
+                // What that removal scheduled (a restart after a disk error) happens now too.
+                pending.append(&mut self.schedule);
             }
+        }
+        for (_, stop) in std::mem::take(&mut self.flapping) {
+            stop.store(true, Ordering::Relaxed);
+        }
+        self.lossy.clear();
+        self.set_loss();
+        for host in &self.hosts {
+            host.log.disarm();
         }
         let net = NetSim::current();
         for a in &self.hosts {
@@ -1448,6 +1894,7 @@ impl Run {
             let views: Vec<Option<i04_convergence::NodeView>> = self
                 .hosts
                 .iter()
+                .filter(|host| !host.retired)
                 .map(|host| {
                     let (raft, sm) = (host.raft()?, host.state_machine()?);
                     let metrics = raft.metrics().borrow().clone();

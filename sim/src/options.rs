@@ -64,6 +64,23 @@ pub struct SimOptions {
     pub ca_chain_every: u64,
     /// Whether the CA offers ARI (RFC 9773).
     pub ca_ari: bool,
+    /// Periods of message loss, 1–30 % of packets each. madsim's TCP resends a lost packet
+    /// after a backoff (1 ms, doubling), so loss shows as delay and reordering of deadlines,
+    /// as on a real lossy link; a lost connection attempt is refused.
+    pub lossy: u64,
+    /// Flapping partitions: a side cut off and reconnected every 0.2–3 s for up to a minute.
+    pub flaps: u64,
+    /// Disk errors (a failed log read, write or fsync): openraft stops the node, and the
+    /// harness restarts it as a supervisor would.
+    pub disk_errors: u64,
+    /// Buggify points on (`certfleet::buggify`): a leader slow between a CA response and its
+    /// commit, Raft replies held back.
+    pub buggify: bool,
+    /// Voters replaced by a new host with an empty disk (the old one decommissioned for good).
+    pub replacements: u64,
+    /// One CA outage of 20–40 minutes (one to two certificate lifetimes): certificates expire
+    /// during it and all come due when it ends.
+    pub ca_down_long: bool,
     /// Protocol windows in which the leader is killed (SIMULATION "targeted kills").
     pub kill_windows: Vec<Window>,
     /// A known bug switched back on (tests and `--mutation`; never drawn from the seed).
@@ -118,9 +135,73 @@ impl SimOptions {
                 5 + draw(b"ca-chain-every", 45)
             },
             ca_ari: draw(b"ca-ari", 2) == 0,
+            lossy: draw(b"lossy", 3),
+            flaps: u64::from(draw(b"flaps", 3) == 0),
+            disk_errors: draw(b"disk-errors", 4),
+            buggify: draw(b"buggify", 3) == 0,
+            ca_down_long: draw(b"ca-down-long", 6) == 0,
+            replacements: u64::from(draw(b"replacements", 4) == 0),
             kill_windows,
             mutation: None,
         }
+    }
+
+    /// Fault classes [`SimOptions::without`] can switch off, by name.
+    pub const CLASSES: [&'static str; 18] = [
+        "crashes",
+        "clogs",
+        "swizzles",
+        "partitions",
+        "pauses",
+        "churns",
+        "clock-jumps",
+        "ca-down",
+        "ca-down-long",
+        "ca-429",
+        "ca-invalid",
+        "ca-lost-finalize",
+        "kills",
+        "lossy",
+        "flaps",
+        "disk-errors",
+        "buggify",
+        "replacements",
+    ];
+
+    /// The same options with the fault class `class` (one of [`SimOptions::CLASSES`]) switched
+    /// off: for replaying a seed without one kind of fault, to see which one it needs, or a
+    /// seed found before a class existed.
+    ///
+    /// # Errors
+    /// An unknown class name.
+    pub fn without(mut self, class: &str) -> Result<Self, String> {
+        match class {
+            "crashes" => self.crashes = 0,
+            "clogs" => self.clogs = 0,
+            "swizzles" => self.swizzles = 0,
+            "partitions" => self.partitions = 0,
+            "pauses" => self.pauses = 0,
+            "churns" => self.churns = 0,
+            "clock-jumps" => self.clock_jumps = 0,
+            "ca-down" => self.ca_down = 0,
+            "ca-down-long" => self.ca_down_long = false,
+            "ca-429" => self.ca_rate_limited = 0,
+            "ca-invalid" => self.ca_invalid_authz = 0,
+            "ca-lost-finalize" => self.ca_lost_finalize = 0,
+            "kills" => self.kill_windows.clear(),
+            "lossy" => self.lossy = 0,
+            "flaps" => self.flaps = 0,
+            "disk-errors" => self.disk_errors = 0,
+            "buggify" => self.buggify = false,
+            "replacements" => self.replacements = 0,
+            other => {
+                return Err(format!(
+                    "no fault class {other:?}; known: {}",
+                    Self::CLASSES.join(", ")
+                ));
+            }
+        }
+        Ok(self)
     }
 
     /// The same options with `mutation` switched on.
@@ -136,7 +217,7 @@ impl fmt::Display for SimOptions {
         let kills: Vec<&str> = self.kill_windows.iter().map(|w| w.name()).collect();
         write!(
             f,
-            "seed={} voters={} edges={} writes={} bulk={}% crashes={} long={}% clogs={} swizzles={} partitions={} pauses={} churns={} latency_ms<={} sync_ms={} torn_max={} skew_ms<={} jumps={} ca_down={} ca_429={} ca_invalid={} ca_lost_finalize={} ca_perspectives={} ca_processing_ms={} ca_reuse_authz={} ca_chain_every={} ca_ari={} kills=[{}]",
+            "seed={} voters={} edges={} writes={} bulk={}% crashes={} long={}% clogs={} swizzles={} partitions={} pauses={} churns={} latency_ms<={} sync_ms={} torn_max={} skew_ms<={} jumps={} ca_down={} ca_429={} ca_invalid={} ca_lost_finalize={} ca_perspectives={} ca_processing_ms={} ca_reuse_authz={} ca_chain_every={} ca_ari={} lossy={} flaps={} disk_errors={} buggify={} ca_down_long={} replacements={} kills=[{}]",
             self.seed,
             self.voters,
             self.edges,
@@ -163,6 +244,12 @@ impl fmt::Display for SimOptions {
             self.ca_reuse_authz,
             self.ca_chain_every,
             self.ca_ari,
+            self.lossy,
+            self.flaps,
+            self.disk_errors,
+            self.buggify,
+            self.ca_down_long,
+            self.replacements,
             kills.join(",")
         )?;
         if let Some(mutation) = self.mutation {
@@ -197,6 +284,30 @@ mod tests {
     }
 
     #[test]
+    fn every_class_can_be_switched_off_and_an_unknown_one_is_named() {
+        let seed = (0..100)
+            .find(|&s| {
+                let o = SimOptions::from_seed(s);
+                o.lossy > 0 && o.disk_errors > 0 && o.buggify && o.crashes > 0
+            })
+            .expect("some seed draws these");
+        let mut options = SimOptions::from_seed(seed);
+        for class in SimOptions::CLASSES {
+            options = options.without(class).expect("a known class");
+        }
+        let quiet = options;
+        assert_eq!((quiet.lossy, quiet.disk_errors, quiet.crashes), (0, 0, 0));
+        assert!(!quiet.buggify && quiet.kill_windows.is_empty());
+        assert_eq!(
+            quiet.writes,
+            SimOptions::from_seed(seed).writes,
+            "the workload stays"
+        );
+        let error = SimOptions::from_seed(seed).without("floods").unwrap_err();
+        assert!(error.contains("floods") && error.contains("disk-errors"));
+    }
+
+    #[test]
     fn every_fault_class_is_drawn_by_some_seed_of_a_small_batch() {
         let batch: Vec<SimOptions> = (0..50).map(SimOptions::from_seed).collect();
         assert!(batch.iter().any(|o| o.crashes > 0));
@@ -206,6 +317,9 @@ mod tests {
         assert!(batch.iter().any(|o| o.churns > 0));
         assert!(batch.iter().any(|o| o.skew_ms_max > 0 && o.clock_jumps > 0));
         assert!(batch.iter().any(|o| o.ca_down > 0 && o.ca_rate_limited > 0));
+        assert!(batch.iter().any(|o| o.lossy > 0 && o.flaps > 0));
+        assert!(batch.iter().any(|o| o.disk_errors > 0 && o.buggify));
+        assert!(batch.iter().any(|o| o.ca_down_long && o.replacements > 0));
         for window in Window::ALL {
             assert!(batch.iter().any(|o| o.kill_windows.contains(&window)));
         }

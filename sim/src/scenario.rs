@@ -25,6 +25,12 @@ pub fn quiet(seed: u64) -> SimOptions {
         ca_rate_limited: 0,
         ca_invalid_authz: 0,
         ca_lost_finalize: 0,
+        lossy: 0,
+        flaps: 0,
+        disk_errors: 0,
+        buggify: false,
+        ca_down_long: false,
+        replacements: 0,
         kill_windows: Vec::new(),
         writes: 20,
         ..SimOptions::from_seed(seed)

@@ -365,6 +365,11 @@ async fn serve_connection(
                 RpcReply::InstallSnapshot(raft.install_snapshot(request).await)
             }
             Rpc::ClientWrite(command) => RpcReply::ClientWrite(raft.client_write(command).await),
+            Rpc::WaitApplied { .. }
+                if crate::buggify::fires(crate::buggify::Point::DropAppliedAck) =>
+            {
+                RpcReply::Applied(*state_machine.acknowledged_index().borrow())
+            }
             Rpc::WaitApplied { index, timeout_ms } => RpcReply::Applied(
                 wait_applied(&state_machine, index, Duration::from_millis(timeout_ms)).await,
             ),

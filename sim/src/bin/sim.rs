@@ -5,6 +5,8 @@
 //! * `certfleet-sim --seed S [--mutation NAME] [--scenario NAME] [--quiet]`: the seed's line,
 //!   its trace (not with `--quiet`), then `digest: <hex>` (byte-identical on every run of that
 //!   seed).
+//! * `--without CLASS[,CLASS…]` (with `--seed` or `--seeds`): the seeds' options with those
+//!   fault classes switched off (`SimOptions::CLASSES`), to see which faults a failure needs.
 //! * `certfleet-sim --seed S --wire`: the wire scenario (`certfleet_sim::wire`: the production
 //!   ACME adapter against the RFC 8555 CA over simulated TCP): its report, then
 //!   `digest: <hex>` (byte-identical on every run of that seed; wall time goes to stderr).
@@ -41,6 +43,7 @@ struct Args {
     jobs: usize,
     mutation: Option<certfleet::mutation::Mutation>,
     scenario: Option<String>,
+    without: Vec<String>,
 }
 
 #[cfg(madsim)]
@@ -56,6 +59,7 @@ impl Args {
             jobs: 1,
             mutation: None,
             scenario: None,
+            without: Vec::new(),
         };
         let mut args = args.into_iter();
         while let Some(flag) = args.next() {
@@ -91,6 +95,13 @@ impl Args {
                     ))?);
                 }
                 "--scenario" => parsed.scenario = Some(value()?),
+                "--without" => {
+                    let value = value()?;
+                    for class in value.split(',') {
+                        certfleet_sim::SimOptions::from_seed(0).without(class)?;
+                        parsed.without.push(class.to_owned());
+                    }
+                }
                 "--quiet" => parsed.quiet = true,
                 "--wire" => parsed.wire = true,
                 "--wire-kill" => {
@@ -125,6 +136,9 @@ impl Args {
         if let Some(scenario) = &self.scenario {
             flags.push_str(&format!(" --scenario {scenario}"));
         }
+        if !self.without.is_empty() {
+            flags.push_str(&format!(" --without {}", self.without.join(",")));
+        }
         flags
     }
 }
@@ -149,6 +163,14 @@ fn one(args: &Args) -> ExitCode {
         },
     }
     .with_mutation(args.mutation);
+    let options = match args
+        .without
+        .iter()
+        .try_fold(options, |options, class| options.without(class))
+    {
+        Ok(options) => options,
+        Err(problem) => return usage(&problem),
+    };
     let outcome = cluster::run_seed(&options);
     let digest = hex(&outcome.trace_digest);
     let summary = format!(
@@ -264,6 +286,9 @@ fn batch(args: &Args) -> ExitCode {
                     .stderr(Stdio::null());
                 if let Some(mutation) = args.mutation {
                     command.args(["--mutation", mutation.name()]);
+                }
+                if !args.without.is_empty() {
+                    command.args(["--without", &args.without.join(",")]);
                 }
                 (seed, command.spawn())
             })
