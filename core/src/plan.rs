@@ -16,6 +16,11 @@ use crate::time::{DAY_MS, MINUTE_MS, UnixMillis, draw_below};
 
 /// Backoff after 1, 2, 3 and 4+ consecutive failed cycles: 1 min, 10 min, 100 min, then daily.
 pub const BACKOFF_MS: [u64; 4] = [MINUTE_MS, 10 * MINUTE_MS, 100 * MINUTE_MS, DAY_MS];
+/// The longest backoff of a certificate that has never been issued (nothing served, so no
+/// validity to pace against): the third step. A day-long wait would leave a newly added name
+/// unserved for a day after a CA outage or a run of 429s; found by a 24-hour soak run, where
+/// certificates added at the start failed four times and were not ordered again for 20 hours.
+pub const UNISSUED_BACKOFF_MAX_MS: u64 = 100 * MINUTE_MS;
 
 /// What the leader should do. Imperatives; the adapter turns them into commands and drivers.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -308,7 +313,8 @@ pub fn schedule(cert: &CertId, record: &CertRecord, policy: &Policy) -> Option<S
 /// The instant after the `failures`-th consecutive failure at `now` before which the
 /// certificate is not retried: the backoff step (1 min, 10 min, 100 min, then daily) plus up to
 /// 10% jitter, but never more than a quarter of the validity the served certificate has left
-/// (`not_after`), and never before the CA's `Retry-After` (SIMULATION I9).
+/// (`not_after`), nor than [`UNISSUED_BACKOFF_MAX_MS`] with nothing served, and never before
+/// the CA's `Retry-After` (SIMULATION I9).
 ///
 /// The cap keeps the backoff far below the renewal margin (SIMULATION I6): a short CA outage
 /// that fails a few cycles in a row must not park a 6-day certificate, renewing with 3 days
@@ -331,7 +337,9 @@ pub fn retry_at(
         u64::from(failures),
         base_ms / 10 + 1,
     );
-    let cap_ms = not_after.map_or(u64::MAX, |end| (end.ms_since(now) / 4).max(MINUTE_MS));
+    let cap_ms = not_after.map_or(UNISSUED_BACKOFF_MAX_MS, |end| {
+        (end.ms_since(now) / 4).max(MINUTE_MS)
+    });
     now.plus_ms((base_ms + jitter_ms).min(cap_ms))
         .max(ca_retry_at.unwrap_or(UnixMillis::ZERO))
 }
@@ -732,6 +740,7 @@ mod tests {
     #[test]
     fn backoff_steps_are_one_ten_and_hundred_minutes_then_daily() {
         let cert = CertId::parse("a.example.com").unwrap();
+        let long_lived = Some(T0.plus_ms(90 * DAY_MS));
         for (failures, base_ms) in [
             (1, MINUTE_MS),
             (2, 10 * MINUTE_MS),
@@ -739,7 +748,7 @@ mod tests {
             (4, DAY_MS),
             (9, DAY_MS),
         ] {
-            let at = retry_at(&cert, 42, failures, T0, None, None);
+            let at = retry_at(&cert, 42, failures, T0, long_lived, None);
             assert!(
                 at >= T0.plus_ms(base_ms) && at <= T0.plus_ms(base_ms + base_ms / 10),
                 "failure {failures}"
@@ -749,6 +758,25 @@ mod tests {
             retry_at(&cert, 42, 1, T0, None, Some(T0.plus_ms(DAY_MS))),
             T0.plus_ms(DAY_MS),
             "Retry-After wins when later"
+        );
+    }
+
+    #[test]
+    fn a_certificate_never_issued_is_never_parked_for_a_day() {
+        let cert = CertId::parse("new.example.com").unwrap();
+        for failures in [4, 5, 30] {
+            let at = retry_at(&cert, 7, failures, T0, None, None);
+            assert_eq!(
+                at,
+                T0.plus_ms(UNISSUED_BACKOFF_MAX_MS),
+                "failure {failures}"
+            );
+        }
+        let late = T0.plus_ms(5 * HOUR_MS);
+        assert_eq!(
+            retry_at(&cert, 7, 4, T0, None, Some(late)),
+            late,
+            "the CA's Retry-After still wins"
         );
     }
 
