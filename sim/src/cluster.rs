@@ -49,7 +49,8 @@ pub const RPC_PORT: u16 = 7000;
 pub const CONVERGE_MS_MAX: u64 = 60_000;
 /// Lifetime of certificates the simulated CA issues: short, so renewals happen within a run.
 pub const CERT_LIFETIME_MS: u64 = 20 * 60 * 1000;
-/// The safety phase: workload and faults (three certificate lifetimes).
+/// The standard safety phase: workload and faults (three certificate lifetimes); a soak run
+/// (`SimOptions::soak`) is longer.
 pub const SAFETY_MS: u64 = 60 * 60 * 1000;
 /// The liveness phase: no faults; certificates must keep renewing (two lifetimes).
 pub const LIVENESS_MS: u64 = 40 * 60 * 1000;
@@ -589,17 +590,23 @@ impl Run {
         };
 
         for _ in 0..options.ca_down {
-            let start = now.plus_ms(choices.below(SAFETY_MS * 3 / 4));
+            let start = now.plus_ms(choices.below(options.safety_ms * 3 / 4));
             let length = 60_000 + choices.below(9 * 60_000);
             faults.down.push((start, start.plus_ms(length)));
         }
+        if options.clog_leader {
+            // The CA is down while the leader is cut off (clog-leader): every cycle's call
+            // meets a 503 with a Retry-After, committed as a wait before the clog.
+            let start = now.plus_ms(2_000);
+            faults.down.push((start, start.plus_ms(4 * 60_000)));
+        }
         if options.ca_down_long {
-            let start = now.plus_ms(choices.below(SAFETY_MS / 4));
+            let start = now.plus_ms(choices.below(options.safety_ms / 4));
             let length = 20 * 60_000 + choices.below(20 * 60_000);
             faults.down.push((start, start.plus_ms(length)));
         }
         for _ in 0..options.ca_rate_limited {
-            let at = now.plus_ms(choices.below(SAFETY_MS * 3 / 4));
+            let at = now.plus_ms(choices.below(options.safety_ms * 3 / 4));
             faults
                 .rate_limited
                 .push((at, 60_000 + choices.below(9 * 60_000)));
@@ -620,13 +627,16 @@ impl Run {
             journal: Arc::new(Mutex::new(Journal::new(options.skew_ms_max))),
         };
         // Clock error: a fixed offset and a drift of up to 100 ppm (at most ~1.1 s over a run),
-        // together within the bound.
+        // together within the bound. A soak run drifts slower, so that its drift too stays
+        // within 1.1 s (a 24-hour run at 100 ppm drifted 9 s past the bound: I12 everywhere).
         let offset_max = options.skew_ms_max.saturating_sub(1_100);
+        let run_ms = options.safety_ms + 2 * 3_600_000;
+        let drift_ppm_max = (1_100 * 1_000_000 / run_ms).min(100);
         let hosts = (1..=options.voters + options.edges)
             .map(|id| {
                 let offset = choices.signed(offset_max);
                 let drift = if options.skew_ms_max > 0 {
-                    choices.signed(100)
+                    choices.signed(drift_ppm_max)
                 } else {
                     0
                 };
@@ -773,7 +783,7 @@ impl Run {
             let at = if step < bulk {
                 step * 20 // a bulk import: one write every 20 ms
             } else {
-                self.choices.below(SAFETY_MS * 4 / 5)
+                self.choices.below(options.safety_ms * 4 / 5)
             };
             let write = match roll {
                 0 if !names.is_empty() => {
@@ -800,7 +810,7 @@ impl Run {
             };
             self.at(at, Event::Write(write));
         }
-        let span = SAFETY_MS * 9 / 10;
+        let span = options.safety_ms * 9 / 10;
         for _ in 0..options.crashes {
             let target = 1 + self.choices.below(hosts);
             let long = self.choices.below(100) < options.long_outage_percent;
@@ -812,7 +822,18 @@ impl Run {
             let at = self.choices.below(span);
             self.at(at, Event::Inject(Fault::Crash { target, long }, outage));
         }
-        for _ in 0..options.clogs {
+        for clog in 0..options.clogs {
+            if clog == 0 && options.clog_leader {
+                // Target 0: whoever leads once the bulk import's orders are under way.
+                let at = 15_000 + bulk * 20 + self.choices.below(10_000);
+                let length = 60_000 + self.choices.below(30_000);
+                let clog = Fault::Clog {
+                    target: 0,
+                    swizzle: false,
+                };
+                self.at(at, Event::Inject(clog, length));
+                continue;
+            }
             let target = 1 + self.choices.below(hosts);
             let at = self.choices.below(span);
             let length = 1_000 + self.choices.below(59_000);
@@ -974,6 +995,10 @@ impl Run {
                             Some(target) => Fault::Pause { target },
                             None => continue,
                         },
+                        Fault::Clog { target: 0, swizzle } => match leader {
+                            Some(target) => Fault::Clog { target, swizzle },
+                            None => continue,
+                        },
                         Fault::Disk {
                             target,
                             fault: kind,
@@ -1017,7 +1042,7 @@ impl Run {
             }
             self.sample_terms();
         }
-        let rest = self.started + Duration::from_millis(SAFETY_MS);
+        let rest = self.started + Duration::from_millis(self.options.safety_ms);
         tokio::time::sleep_until(rest).await;
         // Kill requests that came in after the last scheduled event still count.
         while let Ok(request) = self.kills.try_recv() {
@@ -1974,7 +1999,8 @@ pub fn run_seed(options: &SimOptions) -> Outcome {
                 Duration::from_millis(1)..Duration::from_millis(options.latency_ms_max + 1);
             let mut runtime = madsim::runtime::Runtime::with_seed_and_config(options.seed, config);
             // A run that does not finish within this much virtual time is stuck: a liveness bug.
-            runtime.set_time_limit(Duration::from_secs(VIRTUAL_SECS_MAX));
+            let soak_secs = (options.safety_ms.saturating_sub(SAFETY_MS)) / 1_000;
+            runtime.set_time_limit(Duration::from_secs(VIRTUAL_SECS_MAX + soak_secs));
             runtime.block_on(async move { run(&options).await })
         });
     match thread.map(std::thread::JoinHandle::join) {

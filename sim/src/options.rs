@@ -83,6 +83,13 @@ pub struct SimOptions {
     pub ca_down_long: bool,
     /// Protocol windows in which the leader is killed (SIMULATION "targeted kills").
     pub kill_windows: Vec<Window>,
+    /// The first clog isolates whoever leads while the bulk import's cycles are in flight
+    /// (the `clog-leader` scenario; never drawn from the seed): a leader cut off from its
+    /// peers but not from the CA, its cycles mid-step while a successor takes them over.
+    pub clog_leader: bool,
+    /// Length of the safety phase, in virtual milliseconds (one hour; [`SimOptions::soak`]
+    /// makes it longer).
+    pub safety_ms: u64,
     /// A known bug switched back on (tests and `--mutation`; never drawn from the seed).
     pub mutation: Option<Mutation>,
 }
@@ -142,8 +149,44 @@ impl SimOptions {
             ca_down_long: draw(b"ca-down-long", 6) == 0,
             replacements: u64::from(draw(b"replacements", 4) == 0),
             kill_windows,
+            clog_leader: false,
+            safety_ms: crate::cluster::SAFETY_MS,
             mutation: None,
         }
+    }
+
+    /// The same run stretched to a safety phase of `hours` virtual hours (the soak mode,
+    /// `--safety-hours`): every fault count grows in proportion, so a day-long run sees a day's
+    /// worth of crashes, partitions, outages and leader kills, each placed by the seed across
+    /// the whole phase, while the workload keeps its size, spread over the phase with long
+    /// idle stretches. (Scaling the certificates too would outgrow the CA's rate limits with
+    /// 20-minute lifetimes: a 24-hour run with 860 certificates could not renew them all, by
+    /// arithmetic, not by a bug.) One hour is the standard run.
+    #[must_use]
+    pub fn soak(mut self, hours: u64) -> Self {
+        let k = hours.max(1);
+        self.safety_ms = k * crate::cluster::SAFETY_MS;
+        for count in [
+            &mut self.crashes,
+            &mut self.clogs,
+            &mut self.swizzles,
+            &mut self.partitions,
+            &mut self.pauses,
+            &mut self.churns,
+            &mut self.clock_jumps,
+            &mut self.ca_down,
+            &mut self.ca_rate_limited,
+            &mut self.lossy,
+            &mut self.flaps,
+            &mut self.disk_errors,
+            &mut self.replacements,
+        ] {
+            *count *= k;
+        }
+        let k32 = u32::try_from(k).unwrap_or(u32::MAX);
+        self.ca_invalid_authz = self.ca_invalid_authz.saturating_mul(k32);
+        self.ca_lost_finalize = self.ca_lost_finalize.saturating_mul(k32);
+        self
     }
 
     /// Fault classes [`SimOptions::without`] can switch off, by name.
@@ -252,6 +295,12 @@ impl fmt::Display for SimOptions {
             self.replacements,
             kills.join(",")
         )?;
+        if self.clog_leader {
+            write!(f, " clog_leader")?;
+        }
+        if self.safety_ms != crate::cluster::SAFETY_MS {
+            write!(f, " safety_ms={}", self.safety_ms)?;
+        }
         if let Some(mutation) = self.mutation {
             write!(f, " mutation={}", mutation.name())?;
         }
@@ -305,6 +354,26 @@ mod tests {
         );
         let error = SimOptions::from_seed(seed).without("floods").unwrap_err();
         assert!(error.contains("floods") && error.contains("disk-errors"));
+    }
+
+    #[test]
+    fn a_soak_run_scales_the_workload_and_faults_with_its_length() {
+        let one = SimOptions::from_seed(7);
+        let day = SimOptions::from_seed(7).soak(24);
+        assert_eq!(day.safety_ms, 24 * one.safety_ms);
+        assert_eq!(day.writes, one.writes, "the workload keeps its size");
+        assert_eq!(day.crashes, 24 * one.crashes);
+        assert_eq!(day.ca_invalid_authz, 24 * one.ca_invalid_authz);
+        assert_eq!(
+            (day.voters, day.latency_ms_max),
+            (one.voters, one.latency_ms_max)
+        );
+        assert_eq!(
+            SimOptions::from_seed(7).soak(1),
+            one,
+            "one hour is the standard run"
+        );
+        assert!(day.to_string().contains("safety_ms=86400000"));
     }
 
     #[test]

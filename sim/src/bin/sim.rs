@@ -7,6 +7,8 @@
 //!   seed).
 //! * `--without CLASS[,CLASS…]` (with `--seed` or `--seeds`): the seeds' options with those
 //!   fault classes switched off (`SimOptions::CLASSES`), to see which faults a failure needs.
+//! * `--safety-hours H` (with `--seed` or `--seeds`): the soak mode, a safety phase of `H`
+//!   virtual hours with the workload and faults scaled to it (`SimOptions::soak`).
 //! * `certfleet-sim --seed S --wire`: the wire scenario (`certfleet_sim::wire`: the production
 //!   ACME adapter against the RFC 8555 CA over simulated TCP): its report, then
 //!   `digest: <hex>` (byte-identical on every run of that seed; wall time goes to stderr).
@@ -44,6 +46,7 @@ struct Args {
     mutation: Option<certfleet::mutation::Mutation>,
     scenario: Option<String>,
     without: Vec<String>,
+    safety_hours: u64,
 }
 
 #[cfg(madsim)]
@@ -60,6 +63,7 @@ impl Args {
             mutation: None,
             scenario: None,
             without: Vec::new(),
+            safety_hours: 1,
         };
         let mut args = args.into_iter();
         while let Some(flag) = args.next() {
@@ -95,6 +99,14 @@ impl Args {
                     ))?);
                 }
                 "--scenario" => parsed.scenario = Some(value()?),
+                "--safety-hours" => {
+                    let value = value()?;
+                    parsed.safety_hours = value
+                        .parse()
+                        .ok()
+                        .filter(|hours| (1..=10_000).contains(hours))
+                        .ok_or(format!("--safety-hours takes 1 to 10000, not {value:?}"))?;
+                }
                 "--without" => {
                     let value = value()?;
                     for class in value.split(',') {
@@ -139,6 +151,9 @@ impl Args {
         if !self.without.is_empty() {
             flags.push_str(&format!(" --without {}", self.without.join(",")));
         }
+        if self.safety_hours != 1 {
+            flags.push_str(&format!(" --safety-hours {}", self.safety_hours));
+        }
         flags
     }
 }
@@ -157,12 +172,14 @@ fn one(args: &Args) -> ExitCode {
             Some(options) => options,
             None => {
                 return usage(&format!(
-                    "no scenario {name:?}; known: kill-after-new-order, kill-after-challenges-ready, kill-after-finalize"
+                    "no scenario {name:?}; known: {}",
+                    scenario::NAMES.join(", ")
                 ));
             }
         },
     }
-    .with_mutation(args.mutation);
+    .with_mutation(args.mutation)
+    .soak(args.safety_hours);
     let options = match args
         .without
         .iter()
@@ -192,7 +209,11 @@ fn one(args: &Args) -> ExitCode {
         }
         println!("  replay: {}", replay_command(seed, args));
     }
-    if args.scenario.is_some() {
+    if args
+        .scenario
+        .as_deref()
+        .is_some_and(|name| name.starts_with("kill-"))
+    {
         match KillReport::of(&outcome.journal, &outcome.books) {
             Some(report) => println!("scenario: {report}"),
             None => println!("scenario: no kill fired"),
@@ -262,6 +283,47 @@ fn replay_command(seed: u64, args: &Args) -> String {
     )
 }
 
+/// Wall time one standard seed may take in a batch before it is killed and reported stuck
+/// (seeds take seconds; a run that loops without letting virtual time pass never reaches
+/// madsim's time limit, as `skip-leadership-check` does on some seeds, and would hold the
+/// batch forever). A soak run gets this per hour of its safety phase.
+#[cfg(madsim)]
+const SEED_WALL_SECS_MAX: u64 = 300;
+
+/// Waits for `child` for at most `secs` seconds of wall time, killing it past that; returns its
+/// exit status (`None`: killed) and everything it printed. Its output is read on a thread of
+/// its own, so a long report cannot fill the pipe and stall the child.
+#[cfg(madsim)]
+fn wait_at_most(
+    mut child: std::process::Child,
+    secs: u64,
+) -> std::io::Result<(Option<std::process::ExitStatus>, String)> {
+    use std::io::Read;
+    let mut stdout = child.stdout.take();
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        if let Some(stdout) = stdout.as_mut() {
+            // A read error leaves what was read: the caller sees a missing line and says so.
+            let _ = stdout.read_to_string(&mut text);
+        }
+        text
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break Some(status);
+        }
+        if std::time::Instant::now() >= deadline {
+            child.kill()?;
+            child.wait()?;
+            break None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let text = reader.join().unwrap_or_default();
+    Ok((status, text))
+}
+
 /// Runs every seed of the range in a child process of its own, `--jobs` at a time, and
 /// prints their lines in seed order.
 #[cfg(madsim)]
@@ -290,13 +352,17 @@ fn batch(args: &Args) -> ExitCode {
                 if !args.without.is_empty() {
                     command.args(["--without", &args.without.join(",")]);
                 }
+                if args.safety_hours != 1 {
+                    command.args(["--safety-hours", &args.safety_hours.to_string()]);
+                }
                 (seed, command.spawn())
             })
             .collect();
         for (seed, child) in children {
-            let output = child.and_then(std::process::Child::wait_with_output);
+            let limit = SEED_WALL_SECS_MAX * args.safety_hours;
+            let output = child.and_then(|child| wait_at_most(child, limit));
             let text = match &output {
-                Ok(output) => String::from_utf8_lossy(&output.stdout).into_owned(),
+                Ok((_, stdout)) => stdout.clone(),
                 Err(_) => String::new(),
             };
             let mut seen = false;
@@ -310,7 +376,11 @@ fn batch(args: &Args) -> ExitCode {
             }
             if !seen {
                 // The child died before reporting (an abort, a signal): a violation too.
-                let status = output.map_or_else(|e| e.to_string(), |o| o.status.to_string());
+                let status = match output {
+                    Ok((Some(status), _)) => status.to_string(),
+                    Ok((None, _)) => format!("stuck: killed after {limit} s of wall time"),
+                    Err(error) => error.to_string(),
+                };
                 println!("seed {seed} FAILED the run did not report ({status})");
                 println!("  replay: {}", replay_command(seed, args));
                 totals.violations += 1;
