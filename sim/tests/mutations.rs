@@ -7,13 +7,21 @@ mod common;
 
 /// Asserts `seed` is clean as it is, and violates `invariant` with `mutation` on.
 fn caught(mutation: &str, seed: u64, invariant: &str) {
+    caught_with(mutation, seed, &[], invariant);
+}
+
+/// The same, for the run `extra` (a `--scenario`) makes of `seed`.
+fn caught_with(mutation: &str, seed: u64, extra: &[&str], invariant: &str) {
     let seed_arg = seed.to_string();
-    let clean = common::sim(&["--seed", &seed_arg, "--quiet"]);
+    let mut args = vec!["--seed", seed_arg.as_str(), "--quiet"];
+    args.extend_from_slice(extra);
+    let clean = common::sim(&args);
     assert!(
         clean.starts_with(&format!("seed {seed} ok")),
         "seed {seed} must be clean without the bug:\n{clean}"
     );
-    let mutated = common::sim(&["--seed", &seed_arg, "--quiet", "--mutation", mutation]);
+    args.extend_from_slice(&["--mutation", mutation]);
+    let mutated = common::sim(&args);
     assert!(
         mutated
             .lines()
@@ -22,11 +30,13 @@ fn caught(mutation: &str, seed: u64, invariant: &str) {
     );
 }
 
-// Seeds found with `certfleet-sim --seeds 0..100 --mutation NAME` (0..40 for the last).
+// Seeds found with `certfleet-sim --seeds A..B --mutation NAME`; re-pinned when the fault
+// classes change the runs (skip-term-check: 139, 146 and 198 of 100..200 after lossy links,
+// flapping partitions, disk errors, buggify and voter replacement came in).
 
 #[test]
 fn skipping_the_term_check_in_apply_is_caught_by_i2() {
-    caught("skip-term-check", 79, "I2 term");
+    caught("skip-term-check", 139, "I2 term");
 }
 
 #[test]
@@ -49,7 +59,16 @@ fn acknowledging_unsynced_writes_is_caught_by_i3() {
     caught("ack-unsynced-writes", 39, "I3 durability");
 }
 
+/// Random seeds caught this one on 1 of 0..61 before the new fault classes, and on none of
+/// 400..603 and 800..873 after them, so it has a scenario built for it (`clog-leader`: a
+/// leader cut off from its peers but not from the CA while the CA is down), which catches it
+/// on 4 of seeds 0..20 (0, 9, 10, 14), all 20 clean without it.
 #[test]
 fn calling_the_ca_without_confirming_the_leadership_is_caught_by_i9() {
-    caught("skip-leadership-check", 60, "I9 retry-after");
+    caught_with(
+        "skip-leadership-check",
+        0,
+        &["--scenario", "clog-leader"],
+        "I9 retry-after",
+    );
 }
