@@ -70,6 +70,11 @@ pub struct DataplaneListeners {
 }
 
 /// Raft timing for nodes on one machine or one data centre: elections within about a second.
+///
+/// openraft 0.9 drops an AppendEntries that has not answered within one heartbeat interval, so
+/// the heartbeat must outlast the worst round trip plus a follower's fsync: 150 ms is for one
+/// data centre, and a control plane spread over regions needs more (the simulation's buggify
+/// knobs found a cluster that replicated nothing with a 40 ms heartbeat over 150 ms round trips).
 #[must_use]
 pub fn raft_config() -> Arc<Config> {
     let config = Config {
