@@ -1227,8 +1227,16 @@ impl Run {
         // it is truncated after all, the node is merely out of the load balancer until its
         // return).
         let done = present == Some(back) && (committed || !back);
-        if back && !done {
+        if !done {
+            // A return that failed is retried at heal time; so is a removal that failed, which
+            // may still take effect after its call timed out (a 24-hour soak run, seed 6: an
+            // edge's removal "failed", committed later, and the edge was never added back, so
+            // it never converged and stayed behind the load balancer with a stale state). Until
+            // then it is out of the load balancer, as if the removal had taken.
             self.membership_retry.push((target, voter));
+            if !back && !voter {
+                self.shared.ca.withdraw(target);
+            }
         }
         note!(
             &mut self.trace,
