@@ -49,9 +49,7 @@ pub const RPC_PORT: u16 = 7000;
 pub const CONVERGE_MS_MAX: u64 = 60_000;
 /// Lifetime of certificates the simulated CA issues: short, so renewals happen within a run.
 pub const CERT_LIFETIME_MS: u64 = 20 * 60 * 1000;
-/// The standard safety phase: workload and faults (three certificate lifetimes); a soak run
-/// (`SimOptions::soak`) is longer.
-pub const SAFETY_MS: u64 = 60 * 60 * 1000;
+pub use crate::options::SAFETY_MS;
 /// The liveness phase: no faults; certificates must keep renewing (two lifetimes).
 pub const LIVENESS_MS: u64 = 40 * 60 * 1000;
 /// Healthy time the cluster gets before I6 is sampled in the liveness phase.

@@ -7,6 +7,10 @@ use certfleet_core::time::mix;
 
 use crate::ca::Window;
 
+/// The standard safety phase: workload and faults (three certificate lifetimes); a soak run
+/// ([`SimOptions::soak`]) is longer.
+pub const SAFETY_MS: u64 = 60 * 60 * 1000;
+
 /// The shape of one simulation run.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SimOptions {
@@ -150,7 +154,7 @@ impl SimOptions {
             replacements: u64::from(draw(b"replacements", 4) == 0),
             kill_windows,
             clog_leader: false,
-            safety_ms: crate::cluster::SAFETY_MS,
+            safety_ms: SAFETY_MS,
             mutation: None,
         }
     }
@@ -165,7 +169,7 @@ impl SimOptions {
     #[must_use]
     pub fn soak(mut self, hours: u64) -> Self {
         let k = hours.max(1);
-        self.safety_ms = k * crate::cluster::SAFETY_MS;
+        self.safety_ms = k * SAFETY_MS;
         for count in [
             &mut self.crashes,
             &mut self.clogs,
@@ -298,7 +302,7 @@ impl fmt::Display for SimOptions {
         if self.clog_leader {
             write!(f, " clog_leader")?;
         }
-        if self.safety_ms != crate::cluster::SAFETY_MS {
+        if self.safety_ms != SAFETY_MS {
             write!(f, " safety_ms={}", self.safety_ms)?;
         }
         if let Some(mutation) = self.mutation {

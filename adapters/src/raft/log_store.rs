@@ -89,11 +89,10 @@ impl Disk {
         true
     }
 
-    fn write_fails(&mut self) -> Result<(), StorageError> {
-        if self.fails(DiskFault::Write) {
-            return Err(StorageIOError::write_logs(injected(DiskFault::Write)).into());
-        }
-        Ok(())
+    /// The error of an injected write failure, if one is armed (disarming it).
+    fn write_fails(&mut self) -> Option<StorageError> {
+        self.fails(DiskFault::Write)
+            .then(|| StorageIOError::write_logs(injected(DiskFault::Write)).into())
     }
 }
 
@@ -281,7 +280,9 @@ impl RaftLogStorage<TypeConfig> for MemLogStore {
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
         let mut disk = self.disk();
-        disk.write_fails()?;
+        if let Some(error) = disk.write_fails() {
+            return Err(error);
+        }
         disk.live.committed = committed;
         disk.durable.committed = committed;
         Ok(())
@@ -302,7 +303,9 @@ impl RaftLogStorage<TypeConfig> for MemLogStore {
     {
         let mode = {
             let mut disk = self.disk();
-            disk.write_fails()?;
+            if let Some(error) = disk.write_fails() {
+                return Err(error);
+            }
             for entry in entries {
                 disk.live.entries.insert(entry.log_id.index, entry.clone());
                 disk.unsynced.push(entry);
@@ -326,7 +329,9 @@ impl RaftLogStorage<TypeConfig> for MemLogStore {
         // Truncation removes uncommitted entries; making it durable at once is what a real
         // store does (a crash must not resurrect entries a new leader overwrote).
         let mut disk = self.disk();
-        disk.write_fails()?;
+        if let Some(error) = disk.write_fails() {
+            return Err(error);
+        }
         let index = log_id.index;
         disk.live.entries.split_off(&index);
         disk.durable.entries.split_off(&index);
@@ -336,7 +341,9 @@ impl RaftLogStorage<TypeConfig> for MemLogStore {
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
         let mut disk = self.disk();
-        disk.write_fails()?;
+        if let Some(error) = disk.write_fails() {
+            return Err(error);
+        }
         let disk = &mut *disk;
         for data in [&mut disk.live, &mut disk.durable] {
             assert!(data.last_purged <= Some(log_id), "purge went backwards");
