@@ -307,6 +307,34 @@ async fn membership_committed(leader: &Raft<TypeConfig>) -> bool {
         .is_none_or(|id| id.index <= applied)
 }
 
+/// Adds `id` as a learner through `leader` (`blocking`: waits until it caught up, as long as
+/// 30 s) and reports whether a quorum confirms the change committed.
+async fn learner_committed(
+    leader: &Raft<TypeConfig>,
+    id: NodeId,
+    node: &BasicNode,
+    blocking: bool,
+) -> bool {
+    let wait = Duration::from_secs(if blocking { 30 } else { 10 });
+    let added = tokio::time::timeout(wait, leader.add_learner(id, node.clone(), blocking)).await;
+    matches!(added, Ok(Ok(_))) && membership_committed(leader).await
+}
+
+/// Sends a membership change through `leader` (10 s at most) and reports whether a quorum
+/// confirms it committed.
+async fn change_committed(
+    leader: &Raft<TypeConfig>,
+    change: openraft::ChangeMembers<NodeId, BasicNode>,
+    retain: bool,
+) -> bool {
+    let changed = tokio::time::timeout(
+        Duration::from_secs(10),
+        leader.change_membership(change, retain),
+    )
+    .await;
+    matches!(changed, Ok(Ok(_))) && membership_committed(leader).await
+}
+
 fn start_host(
     handle: &Handle,
     id: NodeId,
@@ -1177,17 +1205,12 @@ impl Run {
                 continue;
             };
             let ids = std::collections::BTreeSet::from([target]);
-            let change = match (voter, back) {
-                (false, false) => leader.change_membership(ChangeMembers::RemoveNodes(ids), false),
-                (true, false) => leader.change_membership(ChangeMembers::RemoveVoters(ids), true),
-                (true, true) => leader.change_membership(ChangeMembers::AddVoterIds(ids), true),
+            let (change, retain) = match (voter, back) {
+                (false, false) => (ChangeMembers::RemoveNodes(ids), false),
+                (true, false) => (ChangeMembers::RemoveVoters(ids), true),
+                (true, true) => (ChangeMembers::AddVoterIds(ids), true),
                 (false, true) => {
-                    let added = tokio::time::timeout(
-                        Duration::from_secs(10),
-                        leader.add_learner(target, node.clone(), false),
-                    )
-                    .await;
-                    if matches!(added, Ok(Ok(_))) && membership_committed(&leader).await {
+                    if learner_committed(&leader, target, &node, false).await {
                         committed = true;
                         break;
                     }
@@ -1195,11 +1218,7 @@ impl Run {
                     continue;
                 }
             };
-            if matches!(
-                tokio::time::timeout(Duration::from_secs(10), change).await,
-                Ok(Ok(_))
-            ) && membership_committed(&leader).await
-            {
+            if change_committed(&leader, change, retain).await {
                 committed = true;
                 break;
             }
@@ -1327,16 +1346,11 @@ impl Run {
         self.hosts.push(host);
         let mut learner = false;
         for _ in 0..50 {
-            if let Some(leader) = self.leader() {
-                let added = tokio::time::timeout(
-                    Duration::from_secs(30),
-                    leader.add_learner(id, node.clone(), true),
-                )
-                .await;
-                if matches!(added, Ok(Ok(_))) && membership_committed(&leader).await {
-                    learner = true;
-                    break;
-                }
+            if let Some(leader) = self.leader()
+                && learner_committed(&leader, id, &node, true).await
+            {
+                learner = true;
+                break;
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
@@ -1366,12 +1380,7 @@ impl Run {
                 next.remove(&target);
                 next.insert(id);
                 // `false`: the old voter leaves the membership, not just the voters.
-                let change = leader.change_membership(ChangeMembers::ReplaceAllVoters(next), false);
-                if matches!(
-                    tokio::time::timeout(Duration::from_secs(10), change).await,
-                    Ok(Ok(_))
-                ) && membership_committed(&leader).await
-                {
+                if change_committed(&leader, ChangeMembers::ReplaceAllVoters(next), false).await {
                     swapped = true;
                     break;
                 }
@@ -1543,6 +1552,15 @@ impl Run {
         });
     }
 
+    /// Lets `side` and the rest talk again, both ways.
+    fn reconnect(&self, side: &[u64]) {
+        let net = NetSim::current();
+        for (a, b) in self.links(side) {
+            net.unclog_link(a, b);
+            net.unclog_link(b, a);
+        }
+    }
+
     /// The (side → rest) links of a partition, as madsim node ids.
     fn links(&self, side: &[u64]) -> Vec<(madsim::task::NodeId, madsim::task::NodeId)> {
         let mut links = Vec::new();
@@ -1575,10 +1593,7 @@ impl Run {
                 note!(&mut self.trace, "{:>8} unclog n{target}", self.elapsed());
             }
             Fault::Partition { side, .. } => {
-                for (a, b) in self.links(side) {
-                    net.unclog_link(a, b);
-                    net.unclog_link(b, a);
-                }
+                self.reconnect(side);
                 note!(
                     &mut self.trace,
                     "{:>8} heal partition {side:?}",
@@ -1600,10 +1615,7 @@ impl Run {
                 if let Some(stop) = self.flapping.remove(id) {
                     stop.store(true, Ordering::Relaxed);
                 }
-                for (a, b) in self.links(side) {
-                    net.unclog_link(a, b);
-                    net.unclog_link(b, a);
-                }
+                self.reconnect(side);
                 note!(
                     &mut self.trace,
                     "{:>8} flapping partition {side:?} over",
