@@ -492,6 +492,15 @@ impl State {
             self.budgets.consume(&key, rate, now);
         }
         let record = self.certs.get_mut(cert).expect("checked above");
+        // A cycle begun while its certificate is under a Retry-After starts by waiting it out.
+        // The planner never begins one then, but its intent can meet a failure committed in
+        // between (CI seed 119046499: a spec change closed the cycle, the late 503 with its
+        // 60 s Retry-After landed after the new cycle was planned, and `newOrder` went out
+        // 170 ms after the 503).
+        let not_before = record
+            .retry_at
+            .filter(|at| *at > now)
+            .unwrap_or(UnixMillis::ZERO);
         record.cycle = cycle;
         record.deferred_until = None;
         record.open = Some(Box::new(OpenCycle {
@@ -500,7 +509,7 @@ impl State {
             begun_at: now,
             reason,
             step: OrderStep::Begun,
-            not_before: UnixMillis::ZERO,
+            not_before,
         }));
         self.open.insert(cert.clone());
         self.reindex(cert);

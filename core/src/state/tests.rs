@@ -647,6 +647,60 @@ fn a_failure_arriving_after_a_spec_change_closed_its_cycle_still_holds_its_retry
 }
 
 #[test]
+fn a_cycle_begun_under_a_retry_after_waits_it_out() {
+    // CI seed 119046499: the next cycle was planned from the state right after a spec change,
+    // the late failure with its 60 s Retry-After committed before the plan's `BeginOrder`,
+    // and the new cycle called `newOrder` 170 ms after the CA's 503.
+    let mut state = at_step(StepName::Begun);
+    let mut changed = spec(&["www.example.com"]);
+    changed.key_type = crate::model::KeyType::EcdsaP384;
+    ok(
+        &mut state,
+        T0.plus_ms(1_000),
+        Op::PutCert {
+            spec: changed,
+            seed: 1,
+        },
+    );
+    let mut late = failure(FailureClass::Retryable);
+    let until = T0.plus_ms(60_000);
+    late.retry_at = Some(until);
+    ok(
+        &mut state,
+        T0.plus_ms(2_000),
+        Op::OrderFailed {
+            step: step("www.example.com", 1, 1),
+            failure: late,
+            seed: 3,
+        },
+    );
+    ok(
+        &mut state,
+        T0.plus_ms(2_050),
+        Op::BeginOrder {
+            cert: id("www.example.com"),
+            cycle: Cycle(2),
+            term: Term(1),
+            reason: RenewalReason::Initial,
+        },
+    );
+    let open = state
+        .cert(&id("www.example.com"))
+        .unwrap()
+        .open
+        .clone()
+        .unwrap();
+    assert_eq!(open.not_before, until, "the new cycle starts by waiting");
+    let driver = crate::order::OrderDriver::new(id("www.example.com"), &open, 0, 9);
+    let mut driver = driver;
+    assert_eq!(
+        driver.poll_action(&state, T0.plus_ms(2_100)),
+        crate::order::Action::Sleep { until },
+        "no newOrder before the CA's Retry-After"
+    );
+}
+
+#[test]
 fn failed_authorizations_count_against_the_identifier_budget() {
     let mut state = at_step(StepName::ChallengesPublished);
     let mut f = failure(FailureClass::Permanent);
