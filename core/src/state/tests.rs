@@ -211,6 +211,36 @@ fn failure(class: FailureClass) -> Failure {
     }
 }
 
+/// `www.example.com` gets another key type at `at`: a spec change, which closes its open cycle.
+fn change_spec(state: &mut State, at: UnixMillis) {
+    let mut changed = spec(&["www.example.com"]);
+    changed.key_type = crate::model::KeyType::EcdsaP384;
+    ok(
+        state,
+        at,
+        Op::PutCert {
+            spec: changed,
+            seed: 1,
+        },
+    );
+}
+
+/// Cycle 1 of `www.example.com` fails at `at` with the CA's Retry-After `until` (accepted even
+/// after a spec change closed the cycle).
+fn fail_late(state: &mut State, at: UnixMillis, until: UnixMillis) {
+    let mut late = failure(FailureClass::Retryable);
+    late.retry_at = Some(until);
+    ok(
+        state,
+        at,
+        Op::OrderFailed {
+            step: step("www.example.com", 1, 1),
+            failure: late,
+            seed: 3,
+        },
+    );
+}
+
 // ---- The happy path ----
 
 #[test]
@@ -527,16 +557,7 @@ fn changing_a_spec_restarts_the_backoff_but_keeps_the_cas_retry_after() {
             seed: 3,
         },
     );
-    let mut changed = spec(&["www.example.com"]);
-    changed.key_type = crate::model::KeyType::EcdsaP384;
-    ok(
-        &mut state,
-        T0.plus_ms(1),
-        Op::PutCert {
-            spec: changed,
-            seed: 1,
-        },
-    );
+    change_spec(&mut state, T0.plus_ms(1));
     let record = state.cert(&id("www.example.com")).unwrap();
     assert_eq!(record.failures, 0, "our own backoff starts over");
     assert_eq!(record.retry_at, Some(T0.plus_ms(2 * HOUR_MS)));
@@ -575,16 +596,7 @@ fn changing_a_spec_keeps_a_retry_after_the_open_cycle_was_waiting_out() {
             until,
         },
     );
-    let mut changed = spec(&["www.example.com"]);
-    changed.key_type = crate::model::KeyType::EcdsaP384;
-    ok(
-        &mut state,
-        T0.plus_ms(2_000),
-        Op::PutCert {
-            spec: changed,
-            seed: 1,
-        },
-    );
+    change_spec(&mut state, T0.plus_ms(2_000));
     let record = state.cert(&id("www.example.com")).unwrap();
     assert!(record.open.is_none(), "the spec change closed the cycle");
     assert_eq!(record.retry_at, Some(until));
@@ -600,16 +612,7 @@ fn a_failure_arriving_after_a_spec_change_closed_its_cycle_still_holds_its_retry
     // Seed 223993684: the spec change landed between `newOrder`'s 503 and the commit of the
     // failure carrying its 60 s Retry-After.
     let mut state = at_step(StepName::Begun);
-    let mut changed = spec(&["www.example.com"]);
-    changed.key_type = crate::model::KeyType::EcdsaP384;
-    ok(
-        &mut state,
-        T0.plus_ms(1_000),
-        Op::PutCert {
-            spec: changed,
-            seed: 1,
-        },
-    );
+    change_spec(&mut state, T0.plus_ms(1_000));
     // Without a Retry-After there is nothing to keep: refused as before.
     let refused = rejected(
         &mut state,
@@ -624,18 +627,8 @@ fn a_failure_arriving_after_a_spec_change_closed_its_cycle_still_holds_its_retry
         matches!(refused, Rejection::NoOpenCycle { .. }),
         "{refused:?}"
     );
-    let mut late = failure(FailureClass::Retryable);
     let until = T0.plus_ms(60_000);
-    late.retry_at = Some(until);
-    ok(
-        &mut state,
-        T0.plus_ms(2_000),
-        Op::OrderFailed {
-            step: step("www.example.com", 1, 1),
-            failure: late,
-            seed: 3,
-        },
-    );
+    fail_late(&mut state, T0.plus_ms(2_000), until);
     let record = state.cert(&id("www.example.com")).unwrap();
     assert!(record.open.is_none());
     assert_eq!(record.retry_at, Some(until));
@@ -652,28 +645,9 @@ fn a_cycle_begun_under_a_retry_after_waits_it_out() {
     // the late failure with its 60 s Retry-After committed before the plan's `BeginOrder`,
     // and the new cycle called `newOrder` 170 ms after the CA's 503.
     let mut state = at_step(StepName::Begun);
-    let mut changed = spec(&["www.example.com"]);
-    changed.key_type = crate::model::KeyType::EcdsaP384;
-    ok(
-        &mut state,
-        T0.plus_ms(1_000),
-        Op::PutCert {
-            spec: changed,
-            seed: 1,
-        },
-    );
-    let mut late = failure(FailureClass::Retryable);
+    change_spec(&mut state, T0.plus_ms(1_000));
     let until = T0.plus_ms(60_000);
-    late.retry_at = Some(until);
-    ok(
-        &mut state,
-        T0.plus_ms(2_000),
-        Op::OrderFailed {
-            step: step("www.example.com", 1, 1),
-            failure: late,
-            seed: 3,
-        },
-    );
+    fail_late(&mut state, T0.plus_ms(2_000), until);
     ok(
         &mut state,
         T0.plus_ms(2_050),
