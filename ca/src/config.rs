@@ -147,6 +147,10 @@ impl CaConfig {
                 "faults.server_error_percent",
                 self.faults.server_error_percent,
             ),
+            (
+                "faults.retry_after_http_date_percent",
+                self.faults.retry_after_http_date_percent,
+            ),
             ("ari.renew_now_percent", self.ari.renew_now_percent),
         ] {
             if percent > 100 {
@@ -367,6 +371,9 @@ pub struct Faults {
     pub server_error_percent: u8,
     /// The `Retry-After` of injected 503s.
     pub server_error_retry_after_s: u64,
+    /// Chance that a `Retry-After` is sent as an HTTP-date instead of seconds (RFC 9110
+    /// §10.2.3 allows both; a client must read either, against the response's `Date`).
+    pub retry_after_http_date_percent: u8,
     /// Finalized orders stay `processing` for a time drawn from this range (0..=0: issued at
     /// once, `valid` in the finalize response).
     pub processing_ms_min: u64,

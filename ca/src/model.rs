@@ -273,6 +273,8 @@ pub struct CaStats {
     pub bad_nonces_injected: u64,
     /// 503s injected.
     pub server_errors_injected: u64,
+    /// `Retry-After`s sent as an HTTP-date (injected).
+    pub http_date_retry_afters: u64,
     /// Events dropped from the front of a full log.
     pub events_dropped: u64,
 }

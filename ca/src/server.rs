@@ -437,7 +437,33 @@ impl AcmeServer {
             }
         };
         self.decorate(&mut response);
+        self.date(&mut response, now);
         response
+    }
+
+    /// Stamps the response with the CA's `Date` (RFC 9110 §6.6.1: a server with a clock sends
+    /// one), and now and then restates a `Retry-After` in seconds as the HTTP-date it stands
+    /// for: clients must read both forms, the date against this `Date`.
+    fn date(&mut self, response: &mut Response<Bytes>, now: u64) {
+        let whole_s = now / 1000;
+        let headers = response.headers_mut();
+        headers.insert(header::DATE, http_date(whole_s));
+        let seconds = headers
+            .get(header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        // No draw at 0 %, so configurations without the fault keep their random sequence.
+        let percent = self.config.faults.retry_after_http_date_percent;
+        if let Some(seconds) = seconds
+            && percent > 0
+            && self.faults.chance(percent)
+        {
+            self.stats.http_date_retry_afters += 1;
+            response.headers_mut().insert(
+                header::RETRY_AFTER,
+                http_date(whole_s.saturating_add(seconds)),
+            );
+        }
     }
 
     /// The answer to a request whose body was larger than
@@ -2040,6 +2066,16 @@ fn cert_names(der: &[u8]) -> BTreeSet<String> {
 
 fn interval_ms(limit: RateLimit) -> u64 {
     (limit.period_ms / u64::from(limit.count.max(1))).max(1)
+}
+
+/// An IMF-fixdate for `unix_s` seconds since the epoch (past year 9999: the last second of it,
+/// as `rfc3339` does).
+fn http_date(unix_s: u64) -> HeaderValue {
+    let at = std::time::UNIX_EPOCH
+        .checked_add(std::time::Duration::from_secs(unix_s.min(253_402_300_799)))
+        .unwrap_or(std::time::UNIX_EPOCH);
+    HeaderValue::try_from(httpdate::fmt_http_date(at))
+        .unwrap_or_else(|_| HeaderValue::from_static("Fri, 31 Dec 9999 23:59:59 GMT"))
 }
 
 fn rfc3339(ms: u64) -> String {

@@ -108,6 +108,9 @@ pub struct WireOptions {
     pub server_error_percent: u8,
     /// The `Retry-After` of those 503s.
     pub server_error_retry_after_s: u64,
+    /// Share of `Retry-After`s (503s and 429s) the CA sends as an HTTP-date, which the
+    /// adapter reads against the response's `Date`.
+    pub retry_after_http_date_percent: u8,
     /// Shortest time a finalized order stays `processing`.
     pub processing_ms_min: u64,
     /// Longest time a finalized order stays `processing`.
@@ -198,6 +201,7 @@ impl Default for WireOptions {
             bad_nonce_percent: 10,
             server_error_percent: 2,
             server_error_retry_after_s: 2,
+            retry_after_http_date_percent: 50,
             processing_ms_min: 0,
             processing_ms_max: 3_000,
             kill: WireKill::AfterIssued(10),
@@ -253,6 +257,8 @@ pub struct WireReport {
     pub bad_nonces_injected: u64,
     /// 503 faults injected.
     pub server_errors_injected: u64,
+    /// `Retry-After`s sent as an HTTP-date.
+    pub http_date_retry_afters: u64,
     /// Requests the CA refused for a rate limit.
     pub rate_limited: u64,
     /// Validations per node the load balancer picked first (node id → count).
@@ -333,7 +339,7 @@ impl fmt::Display for WireReport {
         )?;
         writeln!(
             f,
-            "ca: orders={} certificates={} validations={} failed={} requests={} bad_nonces_injected={} server_errors_injected={} rate_limited={} sent_to={}",
+            "ca: orders={} certificates={} validations={} failed={} requests={} bad_nonces_injected={} server_errors_injected={} http_date_retry_afters={} rate_limited={} sent_to={}",
             self.orders,
             self.ca_certificates,
             self.validations,
@@ -341,6 +347,7 @@ impl fmt::Display for WireReport {
             self.requests,
             self.bad_nonces_injected,
             self.server_errors_injected,
+            self.http_date_retry_afters,
             self.rate_limited,
             sent.join(","),
         )?;
@@ -655,6 +662,7 @@ impl Run {
             bad_nonce_percent: options.bad_nonce_percent.min(100),
             server_error_percent: options.server_error_percent.min(100),
             server_error_retry_after_s: options.server_error_retry_after_s,
+            retry_after_http_date_percent: options.retry_after_http_date_percent.min(100),
             processing_ms_min: options.processing_ms_min,
             processing_ms_max: options.processing_ms_max,
         };
@@ -1270,10 +1278,15 @@ impl Run {
         self.report.requests = stats.requests;
         self.report.bad_nonces_injected = stats.bad_nonces_injected;
         self.report.server_errors_injected = stats.server_errors_injected;
+        self.report.http_date_retry_afters = stats.http_date_retry_afters;
         self.report.rate_limited = stats.rate_limited;
         self.report.validations_sent = lock(&self.balancer.sent).clone();
         let mut trace = Sha256::new();
+        let verbose = std::env::var_os("CERTFLEET_SIM_VERBOSE").is_some();
         for event in ca.events() {
+            if verbose {
+                eprintln!("ca event: {event:?}");
+            }
             trace.update(format!("{event:?}\n").as_bytes());
         }
         for member in members {

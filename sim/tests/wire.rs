@@ -42,6 +42,7 @@ fn a_wire_run_issues_every_certificate_on_every_survivor_through_a_leader_kill()
         // The faults fired and were survived, not configured away.
         assert!(report.bad_nonces_injected > 0, "seed {seed}:\n{report}");
         assert!(report.rate_limited > 0, "seed {seed}:\n{report}");
+        assert!(report.http_date_retry_afters > 0, "seed {seed}:\n{report}");
     }
 }
 

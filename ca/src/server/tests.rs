@@ -688,6 +688,44 @@ fn injected_faults_are_drawn_counted_and_logged() {
 }
 
 #[test]
+fn every_response_is_dated_and_a_retry_after_may_come_as_the_http_date_it_stands_for() {
+    let mut server = server_with(|c| {
+        c.faults.server_error_percent = 100;
+        c.faults.server_error_retry_after_s = 90;
+        c.faults.retry_after_http_date_percent = 50;
+    });
+    let (mut seconds, mut dates) = (0, 0);
+    for i in 0..60 {
+        let mut request = Request::new(Bytes::new());
+        *request.uri_mut() = "/directory".parse().unwrap();
+        // Half a second past a whole one: the date form must count from the same whole second.
+        let now = T0 + i * 1_000 + 500;
+        let response = server.handle(request, now);
+        let header = |name| response.headers()[name].to_str().unwrap().to_owned();
+        let date = httpdate::parse_http_date(&header(header::DATE)).unwrap();
+        let date_ms = date
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
+        assert_eq!(date_ms, now / 1000 * 1000, "Date is the CA's clock");
+        let retry_after = header(header::RETRY_AFTER);
+        if retry_after == "90" {
+            seconds += 1;
+        } else {
+            let at = httpdate::parse_http_date(&retry_after)
+                .unwrap_or_else(|_| panic!("neither form: {retry_after:?}"));
+            assert_eq!(at.duration_since(date).unwrap().as_secs(), 90);
+            dates += 1;
+        }
+    }
+    assert!(
+        seconds > 10 && dates > 10,
+        "{seconds} in seconds, {dates} as dates"
+    );
+    assert_eq!(server.stats().http_date_retry_afters, dates);
+}
+
+#[test]
 fn two_servers_with_one_seed_answer_the_same_requests_byte_for_byte() {
     // Ed25519 client signatures are deterministic too, so each server can be driven by its own
     // client and still receive identical bytes.
