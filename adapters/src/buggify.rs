@@ -25,6 +25,9 @@ pub enum Point {
     /// far, as if the acknowledgement were lost and the wait had timed out: the leader goes
     /// ahead counting the member as lagging (DESIGN §5 step 3).
     DropAppliedAck,
+    /// A node sends its reply to an RPC twice (an acknowledgement duplicated): the caller's
+    /// next call on that connection finds a stale reply ahead of its own.
+    DuplicateReply,
 }
 
 impl Point {
@@ -34,6 +37,7 @@ impl Point {
             Self::AfterCaCall => (0.05, 3_000),
             Self::BeforeRpcReply => (0.002, 600),
             Self::DropAppliedAck => (0.02, 0),
+            Self::DuplicateReply => (0.002, 0),
         }
     }
 }

@@ -1,6 +1,9 @@
 //! Node-to-node RPC over TCP: length-prefixed postcard frames, a deadline on every call.
 //!
-//! One request, one response, on a connection reused per peer. Besides openraft's three RPCs
+//! One request, one response, on a connection reused per peer; each request carries a number
+//! the reply echoes, so a reply that is not this call's (a duplicate of an earlier one, which a
+//! buggy or buggified server may send) is skipped instead of answering the wrong request.
+//! Besides openraft's three RPCs
 //! the protocol carries two of ours: `ClientWrite`, a write forwarded by a follower to the
 //! leader, and `WaitApplied`, the applied-index acknowledgement of DESIGN §5 step 3 (openraft's
 //! replication metrics show what a member stored, not what it applied).
@@ -38,8 +41,8 @@ use super::types::{NodeId, TypeConfig};
 /// The largest frame accepted (snapshot chunks are far smaller; see openraft's
 /// `snapshot_max_chunk_size`).
 pub const FRAME_LEN_MAX: usize = 64 * 1024 * 1024;
-/// The protocol version carried in every frame.
-pub const RPC_VERSION: u8 = 1;
+/// The protocol version carried in every frame (2: requests and replies are numbered).
+pub const RPC_VERSION: u8 = 2;
 
 /// A request between nodes.
 #[derive(Debug, Serialize, Deserialize)]
@@ -139,6 +142,8 @@ pub struct Peer {
     // it makes the peer `Sync` as openraft requires, which madsim's stream is not.
     stream: std::sync::Mutex<Option<TcpStream>>,
     deadline: Duration,
+    /// The number of the last request sent.
+    sent: u64,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -158,6 +163,7 @@ impl Peer {
             addr,
             stream: std::sync::Mutex::new(None),
             deadline,
+            sent: 0,
         }
     }
 
@@ -234,10 +240,28 @@ impl Peer {
             stream.set_nodelay(true).map_err(io_error)?;
             *self.stream() = Some(stream);
         }
+        self.sent += 1;
+        let id = self.sent;
         let stream = self.stream().as_mut().expect("connected above");
-        write_frame(stream, rpc).await.map_err(io_error)?;
-        let bytes = read_frame(stream).await.map_err(io_error)?;
-        decode(&bytes).map_err(|reason| TransportError::Malformed { target, reason })
+        write_frame(stream, &(id, rpc)).await.map_err(io_error)?;
+        loop {
+            let bytes = read_frame(stream).await.map_err(io_error)?;
+            let (echo, reply): (u64, RpcReply) =
+                decode(&bytes).map_err(|reason| TransportError::Malformed { target, reason })?;
+            match echo.cmp(&id) {
+                // An earlier call's reply sent twice: this call's is behind it.
+                std::cmp::Ordering::Less => {
+                    tracing::debug!(target, echo, id, "skipped a stale reply");
+                }
+                std::cmp::Ordering::Equal => return Ok(reply),
+                std::cmp::Ordering::Greater => {
+                    return Err(TransportError::Malformed {
+                        target,
+                        reason: format!("reply to request {echo}, only {id} sent"),
+                    });
+                }
+            }
+        }
     }
 
     fn stream(&mut self) -> &mut Option<TcpStream> {
@@ -354,7 +378,7 @@ async fn serve_connection(
             Err(error) if error.kind() == io::ErrorKind::UnexpectedEof => return Ok(()),
             Err(error) => return Err(error),
         };
-        let rpc: Rpc =
+        let (id, rpc): (u64, Rpc) =
             decode(&bytes).map_err(|reason| io::Error::new(io::ErrorKind::InvalidData, reason))?;
         let reply = match rpc {
             Rpc::AppendEntries(request) => {
@@ -375,7 +399,10 @@ async fn serve_connection(
             ),
         };
         crate::buggify::delay(crate::buggify::Point::BeforeRpcReply).await;
-        write_frame(&mut stream, &reply).await?;
+        write_frame(&mut stream, &(id, &reply)).await?;
+        if crate::buggify::fires(crate::buggify::Point::DuplicateReply) {
+            write_frame(&mut stream, &(id, &reply)).await?;
+        }
     }
 }
 
@@ -538,5 +565,67 @@ pub async fn write(
         }
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(Duration::from_millis(500));
+    }
+}
+
+#[cfg(all(test, not(madsim)))]
+mod tests {
+    use super::*;
+
+    /// A server that answers each `WaitApplied` with its index, and its first reply twice.
+    async fn stuttering_server() -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("bound");
+        tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.expect("accept");
+            let mut copies = 2;
+            while let Ok(bytes) = read_frame(&mut stream).await {
+                let (id, rpc): (u64, Rpc) = decode(&bytes).expect("a request");
+                let Rpc::WaitApplied { index, .. } = rpc else {
+                    panic!("unexpected {rpc:?}");
+                };
+                for _ in 0..copies {
+                    write_frame(&mut stream, &(id, RpcReply::Applied(index)))
+                        .await
+                        .expect("write");
+                }
+                copies = 1;
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn a_duplicated_reply_is_skipped_not_taken_for_the_next_calls() {
+        let addr = stuttering_server().await;
+        let mut peer = Peer::new(1, addr.to_string(), Duration::from_secs(5));
+        for index in [10, 20, 30] {
+            // Without the request number the second call read the first reply's copy: 10.
+            assert_eq!(
+                peer.wait_applied(index, Duration::ZERO).await.unwrap(),
+                index
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_reply_to_a_request_never_sent_is_malformed() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let _ = read_frame(&mut stream).await.unwrap();
+            write_frame(&mut stream, &(7_u64, RpcReply::Applied(1)))
+                .await
+                .unwrap();
+        });
+        let mut peer = Peer::new(1, addr.to_string(), Duration::from_secs(5));
+        let error = peer.wait_applied(1, Duration::ZERO).await.unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .contains("reply to request 7, only 1 sent"),
+            "{error}"
+        );
     }
 }
