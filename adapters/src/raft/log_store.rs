@@ -61,6 +61,8 @@ pub enum SyncMode {
 #[derive(Clone, Debug, Default)]
 pub struct MemLogStore {
     disk: Arc<Mutex<Disk>>,
+    /// Signalled at every append, for a batched fsync that sleeps while nothing is unsynced.
+    appended: Arc<tokio::sync::Notify>,
 }
 
 #[derive(Default)]
@@ -148,6 +150,13 @@ impl MemLogStore {
     #[must_use]
     pub fn faults_fired(&self) -> u64 {
         self.disk().fired
+    }
+
+    /// Returns once something was appended since the last call returned (at once if it was
+    /// meanwhile): a batched fsync waits here instead of waking on a timer through idle days
+    /// (a 1 ms sync timer was most of a 14-day simulation's time).
+    pub async fn appended(&self) {
+        self.appended.notified().await;
     }
 
     /// Makes every write durable and tells openraft the waiting appends are persisted.
@@ -313,6 +322,7 @@ impl RaftLogStorage<TypeConfig> for MemLogStore {
             disk.waiting.push(callback);
             disk.mode
         };
+        self.appended.notify_one();
         if mode == SyncMode::Immediate {
             self.sync();
         } else if crate::mutation::active(crate::mutation::Mutation::AckUnsyncedWrites) {
