@@ -592,10 +592,10 @@ impl Acme for ModelAcme {
             .unwrap_or_else(|| unreachable!("the driver sends the CA only CA actions"))
     }
 
-    async fn renewal_info(&self, ari_id: &str, _now: UnixMillis) -> Option<AriWindow> {
+    async fn renewal_info(&self, ari_id: &str, now: UnixMillis) -> Option<AriWindow> {
         self.0
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .renewal_info(ari_id)
+            .renewal_info(ari_id, now)
     }
 }

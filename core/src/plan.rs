@@ -503,6 +503,45 @@ mod tests {
     }
 
     #[test]
+    fn a_renew_now_from_the_ca_renews_at_once_and_moving_windows_renew_in_time() {
+        let mut h = Harness::new(5, T0, 6 * DAY_MS);
+        h.ca.ari = true;
+        h.ca.faults.ari_moves = true;
+        h.add(&["a.example.com", "b.example.com", "c.example.com"]);
+        h.run_until(T0.plus_ms(2 * DAY_MS));
+        let issued_before = h.stats.issued;
+        // The next polls (12-hourly, one per certificate) say "renew now".
+        h.ca.faults.ari_renew_now = 3;
+        h.run_until(T0.plus_ms(3 * DAY_MS));
+        assert_eq!(h.ca.renew_now.len(), 3, "every certificate was told");
+        assert_eq!(h.stats.issued, issued_before + 3, "and renewed");
+        for (id, record) in h.records() {
+            let current = record.current.as_ref().unwrap();
+            let (_, told_at) =
+                h.ca.renew_now
+                    .iter()
+                    .find(|(set, _)| set == id.as_str())
+                    .unwrap();
+            assert!(
+                current.issued_at >= *told_at && current.issued_at.ms_since(*told_at) < MINUTE_MS,
+                "{id} renewed {} ms after it was told",
+                current.issued_at.ms_since(*told_at)
+            );
+        }
+        // Three weeks of windows that move between polls: no certificate expires, and each
+        // renews at the usual pace, not at every move.
+        h.run_until(T0.plus_ms(24 * DAY_MS));
+        assert!(h.ca.ari_polls > 100, "{} polls", h.ca.ari_polls);
+        for (id, record) in h.records() {
+            let current = record.current.as_ref().unwrap();
+            assert!(current.not_after > h.now, "{id} expired");
+        }
+        let cycles_per_cert = h.stats.issued as f64 / 3.0;
+        // 24 days of 6-day certificates renewed at about 2/3 to 3/4 of their lifetime.
+        assert!((5.0..=8.0).contains(&cycles_per_cert), "{cycles_per_cert}");
+    }
+
+    #[test]
     fn open_cycles_are_resumed_by_a_newer_term_and_driven_by_their_own() {
         let mut state = state_with(&names(1, "example.com"), Policy::default());
         let cert = CertId::parse("n0.example.com").unwrap();

@@ -24,7 +24,7 @@ use crate::order::{
 };
 use crate::plan::{Intent, plan};
 use crate::state::{CertRecord, State, apply, test_sealed_blob};
-use crate::time::{DAY_MS, UnixMillis, mix};
+use crate::time::{DAY_MS, HOUR_MS, UnixMillis, mix};
 use crate::{Cycle, Response};
 
 /// The issuer every fixture uses.
@@ -144,6 +144,15 @@ pub struct CaFaults {
     /// Change the intermediate chain every this many issuances (0: never), as a CA rotating
     /// its intermediates does.
     pub chain_every: u64,
+    /// ARI windows move: each poll may suggest a window up to a sixth of the lifetime earlier
+    /// than the last (RFC 9773 §4.2: a CA may change its suggestion at any time).
+    pub ari_moves: bool,
+    /// Answer the next `n` ARI polls with "renew now": a window already past (RFC 9773
+    /// §4.2, as after a revocation incident).
+    pub ari_renew_now: u32,
+    /// Reuse orders: a `newOrder` for an identifier set whose last order is still `pending` or
+    /// `ready` returns that order (Let's Encrypt does), and no new order is created.
+    pub reuse_orders: bool,
 }
 
 /// A model ACME CA answering at the level of driver outcomes.
@@ -163,7 +172,15 @@ pub struct ModelCa {
     pub issued_per_set: BTreeMap<String, u64>,
     /// All `newOrder` calls.
     pub new_orders: u64,
+    /// ARI polls answered.
+    pub ari_polls: u64,
+    /// "Renew now" answers: the identifier set and when.
+    pub renew_now: Vec<(String, UnixMillis)>,
+    /// `newOrder` calls answered with an existing order.
+    pub reused_orders: u64,
     orders: BTreeMap<String, ModelOrder>,
+    /// The last order per identifier set (for order reuse).
+    last_order: BTreeMap<String, String>,
     certificates: BTreeMap<String, (UnixMillis, String)>,
     validated: alloc::collections::BTreeSet<Identifier>,
     issued: u64,
@@ -193,7 +210,11 @@ impl ModelCa {
             orders_per_set: BTreeMap::new(),
             issued_per_set: BTreeMap::new(),
             new_orders: 0,
+            ari_polls: 0,
+            renew_now: Vec::new(),
+            reused_orders: 0,
             orders: BTreeMap::new(),
+            last_order: BTreeMap::new(),
             certificates: BTreeMap::new(),
             validated: alloc::collections::BTreeSet::new(),
             issued: 0,
@@ -267,14 +288,28 @@ impl ModelCa {
         }
     }
 
-    /// Answers an ARI poll for a certificate.
-    #[must_use]
-    pub fn renewal_info(&self, ari_id: &str) -> Option<AriWindow> {
-        let (not_after, _) = self.certificates.get(ari_id)?;
+    /// Answers an ARI poll for a certificate at `now`.
+    pub fn renewal_info(&mut self, ari_id: &str, now: UnixMillis) -> Option<AriWindow> {
+        let (not_after, set) = self.certificates.get(ari_id)?;
+        let (not_after, set) = (*not_after, set.clone());
+        self.ari_polls += 1;
+        if self.faults.ari_renew_now > 0 {
+            self.faults.ari_renew_now -= 1;
+            self.renew_now.push((set, now));
+            return Some(AriWindow {
+                start: now.minus_ms(2 * HOUR_MS),
+                end: now.minus_ms(HOUR_MS),
+            });
+        }
         let (start_before, end_before) = self.ari_window_before_expiry_ms;
+        let shift = if self.faults.ari_moves {
+            mix(11, ari_id.as_bytes(), self.ari_polls) % (self.lifetime_ms / 6 + 1)
+        } else {
+            0
+        };
         Some(AriWindow {
-            start: not_after.minus_ms(start_before),
-            end: not_after.minus_ms(end_before),
+            start: not_after.minus_ms(start_before + shift),
+            end: not_after.minus_ms(end_before + shift),
         })
     }
 
@@ -287,11 +322,23 @@ impl ModelCa {
                 ..error(429, "rateLimited", "too many new orders", Some(retry_at))
             });
         }
+        let set: Vec<String> = identifiers.iter().map(Identifier::value).collect();
+        let set = set.join(",");
+        if self.faults.reuse_orders
+            && let Some(url) = self.last_order.get(&set)
+            && let Some(order) = self.orders.get(url)
+            && matches!(order.status, OrderStatus::Pending | OrderStatus::Ready)
+        {
+            self.reused_orders += 1;
+            return Outcome::OrderCreated {
+                order_url: url.clone(),
+                authorizations: order.authz.iter().map(|(u, _, _)| u.clone()).collect(),
+            };
+        }
         self.next_id += 1;
         self.new_orders += 1;
         let url = format!("https://acme.test/order/{}", self.next_id);
-        let set: Vec<String> = identifiers.iter().map(Identifier::value).collect();
-        let set = set.join(",");
+        self.last_order.insert(set.clone(), url.clone());
         *self.orders_per_set.entry(set.clone()).or_default() += 1;
         let reuse = self.faults.reuse_authz;
         let authz: Vec<(String, Identifier, AuthzStatus)> = identifiers
@@ -367,6 +414,25 @@ impl ModelCa {
         Outcome::Authorizations(views)
     }
 
+    /// Whether the authorization behind `challenge_url` still waits for validation.
+    #[must_use]
+    pub fn challenge_pending(&self, challenge_url: &str) -> bool {
+        let authz_url = challenge_url.split("/chall/").next().unwrap_or_default();
+        let order_url = challenge_url.split("/authz/").next().unwrap_or_default();
+        self.orders.get(order_url).is_some_and(|order| {
+            order
+                .authz
+                .iter()
+                .any(|(u, _, s)| u == authz_url && *s == AuthzStatus::Pending)
+        })
+    }
+
+    /// Completes the validation of the challenges at `urls`, as a `MarkReady` does at once
+    /// (for a CA that validates later than it is told to).
+    pub fn complete_validation(&mut self, urls: &[String]) {
+        self.mark_ready(urls);
+    }
+
     fn mark_ready(&mut self, urls: &[String]) -> Outcome {
         for url in urls {
             let Some(order_url) = url.split("/authz/").next() else {
@@ -386,6 +452,11 @@ impl ModelCa {
                         AuthzStatus::Valid
                     };
                 }
+            }
+            // Only a pending order moves: one finalized (or failed) stays as it is, however
+            // late a validation completes.
+            if order.status != OrderStatus::Pending {
+                continue;
             }
             if order
                 .authz
@@ -611,7 +682,7 @@ impl Harness {
                     cycle,
                     ari_id,
                 } => {
-                    let window = self.ca.renewal_info(&ari_id);
+                    let window = self.ca.renewal_info(&ari_id, self.now);
                     let seed = self.next_seed();
                     self.commit(Op::RenewalInfoPolled {
                         cert,

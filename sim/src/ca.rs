@@ -98,6 +98,25 @@ pub struct CaFaultPlan {
     /// Certificates carry ARI ids (orders then name the one they replace) and renewal info
     /// is served.
     pub ari: bool,
+    /// ARI windows move between polls.
+    pub ari_moves: bool,
+    /// ARI polls answered "renew now".
+    pub ari_renew_now: u32,
+    /// An identifier set's last order comes back while `pending` or `ready`.
+    pub reuse_orders: bool,
+    /// Validation happens up to this long after `MarkReady`, each perspective at its own
+    /// moment (0: at once).
+    pub late_validation_ms: u64,
+    /// Per mille of calls that fail with a 500 or a connection reset.
+    pub flaky_permille: u64,
+}
+
+/// One perspective's validation of a challenge, due later (`late_validation_ms`).
+#[derive(Clone, Debug)]
+struct LateCheck {
+    due: UnixMillis,
+    url: String,
+    members_behind: u32,
 }
 
 /// A node the load balancer can send the CA's validation request to.
@@ -184,6 +203,10 @@ struct Inner {
     origin: UnixMillis,
     skew_ms_max: u64,
     books: CaBooks,
+    /// Validations told of and not yet done, in the order they fall due.
+    late: Vec<LateCheck>,
+    /// Draws of the flaky fault so far.
+    flaky_draws: u64,
 }
 
 impl std::fmt::Debug for SimCa {
@@ -211,6 +234,9 @@ impl SimCa {
         model.faults.processing_ms = faults.processing_ms;
         model.faults.reuse_authz = faults.reuse_authz;
         model.faults.chain_every = faults.chain_every;
+        model.faults.ari_moves = faults.ari_moves;
+        model.faults.ari_renew_now = faults.ari_renew_now;
+        model.faults.reuse_orders = faults.reuse_orders;
         model.ari = faults.ari;
         Self {
             inner: Mutex::new(Inner {
@@ -229,6 +255,8 @@ impl SimCa {
                 origin: SystemClock.now(),
                 skew_ms_max,
                 books: CaBooks::default(),
+                late: Vec::new(),
+                flaky_draws: 0,
             }),
             kill_tx,
         }
@@ -285,6 +313,10 @@ impl SimCa {
             u64::from(inner.faults.lost_finalize - model.faults.lose_finalize_response),
         );
         books
+            .faults_fired
+            .insert("ari-renew-now", model.renew_now.len() as u64);
+        books.faults_fired.insert("ari-polls", model.ari_polls);
+        books
     }
 
     /// Drops every remaining injected fault (the liveness phase heals the CA).
@@ -298,6 +330,10 @@ impl SimCa {
         inner.faults.lost_finalize -= inner.model.faults.lose_finalize_response;
         inner.model.faults.invalid_authz = 0;
         inner.model.faults.lose_finalize_response = 0;
+        // A "renew now" in the last minutes of the run could not be seen through.
+        inner.model.faults.ari_renew_now = 0;
+        inner.faults.flaky_permille = 0;
+        inner.faults.late_validation_ms = 0;
     }
 }
 
@@ -318,6 +354,24 @@ fn resource(action: &Action) -> String {
 }
 
 const ACCOUNT: &str = "account";
+
+/// What a flaky CA does to one call.
+enum Flaky {
+    No,
+    Refuse(Outcome),
+    LoseResponse,
+}
+
+/// A failure without `Retry-After`: a 5xx (`status`), or a transport error (`0`: no response).
+fn refused_plain(status: u16, detail: &str) -> Outcome {
+    Outcome::Failed(CaError {
+        status: (status != 0).then_some(status),
+        problem: (status != 0).then(|| "urn:ietf:params:acme:error:serverInternal".to_owned()),
+        detail: detail.to_owned(),
+        retry_at: None,
+        account_wide: false,
+    })
+}
 
 fn refused(status: u16, kind: &str, detail: String, retry_at: UnixMillis, wide: bool) -> Outcome {
     Outcome::Failed(CaError {
@@ -462,12 +516,87 @@ impl Inner {
         None
     }
 
+    /// Schedules each perspective's validation of `urls` at its own moment within
+    /// `late_validation_ms`; the challenges stay `pending` until the last one looked.
+    fn validate_later(&mut self, urls: &[String], members_behind: u32, true_now: UnixMillis) {
+        for url in urls {
+            // Being validated already, or validated: a repeated `MarkReady` changes nothing.
+            if self.late.iter().any(|check| &check.url == url) || !self.model.challenge_pending(url)
+            {
+                continue;
+            }
+            for _ in 0..self.faults.perspectives.max(1) {
+                self.picks += 1;
+                let delay = mix(self.seed, b"late-validation", self.picks)
+                    % self.faults.late_validation_ms.max(1);
+                self.late.push(LateCheck {
+                    due: true_now.plus_ms(delay),
+                    url: url.clone(),
+                    members_behind,
+                });
+            }
+        }
+        self.late.sort_by_key(|check| check.due);
+    }
+
+    /// Does the validations due by `true_now` (a CA validates on its own schedule; here at the
+    /// first call it gets after the due time, which only makes them later), and completes a
+    /// challenge once its last perspective has looked.
+    fn run_late(&mut self, true_now: UnixMillis) {
+        let due = self.late.partition_point(|check| check.due <= true_now);
+        let checks: Vec<LateCheck> = self.late.drain(..due).collect();
+        for check in checks {
+            let url = std::slice::from_ref(&check.url);
+            self.validate(url, check.members_behind, true_now, 1);
+            if !self.late.iter().any(|c| c.url == check.url) {
+                self.model.complete_validation(url);
+                *self
+                    .books
+                    .faults_fired
+                    .entry("late-validation")
+                    .or_default() += 1;
+            }
+        }
+    }
+
+    /// Whether this call meets a flaky CA: refused before the CA acts (a 500 without
+    /// `Retry-After`, or a reset), or its response lost after the CA acted, only where a retry
+    /// is safe: a read, a repeated `MarkReady` or finalize, and `newOrder` when the CA reuses
+    /// orders (else the lost order would be a second one for the cycle, which no client can
+    /// avoid: DESIGN §5 counts on the order URL coming back).
+    fn flaky(&mut self, action: &Action) -> Flaky {
+        if self.faults.flaky_permille == 0 {
+            return Flaky::No;
+        }
+        self.flaky_draws += 1;
+        let roll = mix(self.seed, b"flaky", self.flaky_draws) % 1000;
+        if roll >= self.faults.flaky_permille {
+            return Flaky::No;
+        }
+        let retry_safe = match action {
+            Action::CreateOrder { .. } => self.faults.reuse_orders,
+            _ => true,
+        };
+        *self.books.faults_fired.entry("ca-flaky").or_default() += 1;
+        match roll % 3 {
+            0 => Flaky::Refuse(refused_plain(500, "internal error (injected)")),
+            2 if retry_safe => Flaky::LoseResponse,
+            _ => Flaky::Refuse(refused_plain(0, "connection reset (injected)")),
+        }
+    }
+
     /// Picks the node the load balancer sends the validation request to, and checks its answer.
-    fn validate(&mut self, urls: &[String], members_behind: u32, true_now: UnixMillis) {
+    fn validate(
+        &mut self,
+        urls: &[String],
+        members_behind: u32,
+        true_now: UnixMillis,
+        perspectives: u64,
+    ) {
         // Every perspective (Let's Encrypt validates from several) reaches its own node.
         let checks = urls
             .iter()
-            .flat_map(|url| std::iter::repeat_n(url, self.faults.perspectives.max(1) as usize));
+            .flat_map(|url| std::iter::repeat_n(url, perspectives.max(1) as usize));
         let mut failed: Vec<String> = Vec::new();
         for url in checks {
             if failed.contains(url) {
@@ -618,6 +747,7 @@ impl SimCa {
                     .perform(&action, true_now)
                     .unwrap_or_else(|| unreachable!("PrepareKey is the model's"));
             }
+            inner.run_late(true_now);
             let key = resource(&action);
             inner.check_retry_after(&action, &key, true_now);
             if let Some(&(start, end)) = inner
@@ -649,6 +779,24 @@ impl SimCa {
                     false,
                 );
             }
+            let flaky = inner.flaky(&action);
+            if std::env::var_os("CERTFLEET_SIM_VERBOSE").is_some() {
+                eprintln!(
+                    "ca +{} ms: {} {key} from {caller}{}",
+                    true_now.ms_since(inner.origin),
+                    action_name(&action),
+                    match flaky {
+                        Flaky::No => "",
+                        Flaky::LoseResponse => " (response lost)",
+                        Flaky::Refuse(_) => " (refused: flaky)",
+                    }
+                );
+            }
+            let lose_response = match flaky {
+                Flaky::No => false,
+                Flaky::LoseResponse => true,
+                Flaky::Refuse(outcome) => return outcome,
+            };
             if let Action::CreateOrder {
                 cert,
                 cycle,
@@ -730,18 +878,31 @@ impl SimCa {
                 }
                 _ => 0,
             };
+            let reused_before = inner.model.reused_orders;
             let outcome = match &action {
                 Action::MarkReady {
                     urls,
                     members_behind,
                     ..
+                } if inner.faults.late_validation_ms > 0 => {
+                    inner.validate_later(urls, *members_behind, true_now);
+                    Some(Outcome::ChallengesReady)
+                }
+                Action::MarkReady {
+                    urls,
+                    members_behind,
+                    ..
                 } => {
-                    inner.validate(urls, *members_behind, true_now);
+                    let perspectives = inner.faults.perspectives;
+                    inner.validate(urls, *members_behind, true_now, perspectives);
                     inner.model.perform(&action, true_now)
                 }
                 _ => inner.model.perform(&action, true_now),
             }
             .unwrap_or_else(|| unreachable!("the driver sends the CA only CA actions"));
+            if inner.model.reused_orders > reused_before {
+                *inner.books.faults_fired.entry("order-reused").or_default() += 1;
+            }
             if let Action::Finalize { identifiers, .. } = &action {
                 // Issued even when the response is lost: the CA counts what it signed.
                 let set: Vec<String> = identifiers.iter().map(|i| i.value()).collect();
@@ -768,8 +929,10 @@ impl SimCa {
                     }
                 );
             }
+            // A reused order is not a new one (I1 counts what the CA created).
             if let (Action::CreateOrder { cert, cycle, .. }, Outcome::OrderCreated { .. }) =
                 (&action, &outcome)
+                && inner.model.reused_orders == reused_before
             {
                 inner.books.orders += 1;
                 *inner
@@ -788,6 +951,8 @@ impl SimCa {
                 (Action::Finalize { .. }, Outcome::Order(_)) => Some(Window::AfterFinalize),
                 _ => None,
             };
+            // A lost response reaches no leader: nothing to kill it for.
+            let window = window.filter(|_| !lose_response);
             let kill = window.and_then(|window| {
                 let position = inner.faults.kills.iter().position(|w| *w == window)?;
                 inner.faults.kills.remove(position);
@@ -805,6 +970,9 @@ impl SimCa {
                 inner.books.kills.push(request.clone());
                 Some(request)
             });
+            if lose_response {
+                return refused_plain(0, "connection reset after the CA acted");
+            }
             // A `processing` order's Retry-After: kept in the books (I9) unless the reply goes
             // to a leader killed before it arrives, and sent as the relative header it is,
             // which the leader's clock turns into an instant.
@@ -831,6 +999,8 @@ impl SimCa {
     }
 
     fn renewal_info(&self, ari_id: &str, _now: UnixMillis) -> Option<AriWindow> {
-        self.inner().model.renewal_info(ari_id)
+        // The CA answers by its own clock, not the (skewed) leader's.
+        let true_now = SystemClock.now();
+        self.inner().model.renewal_info(ari_id, true_now)
     }
 }

@@ -47,11 +47,7 @@ macro_rules! note {
 pub const RPC_PORT: u16 = 7000;
 /// Virtual time the healed cluster gets to converge once the liveness phase is over.
 pub const CONVERGE_MS_MAX: u64 = 60_000;
-/// Lifetime of certificates the simulated CA issues: short, so renewals happen within a run.
-pub const CERT_LIFETIME_MS: u64 = 20 * 60 * 1000;
-pub use crate::options::SAFETY_MS;
-/// The liveness phase: no faults; certificates must keep renewing (two lifetimes).
-pub const LIVENESS_MS: u64 = 40 * 60 * 1000;
+pub use crate::options::{CERT_LIFETIME_MS, LIVENESS_MS, SAFETY_MS};
 /// Healthy time the cluster gets before I6 is sampled in the liveness phase.
 pub const GRACE_MS: u64 = 10 * 60 * 1000;
 /// Virtual time one run may take at most; past it the run is stuck.
@@ -69,7 +65,7 @@ pub const LOG_KEPT_AFTER_SNAPSHOT: u64 = 20;
 pub const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 1);
 
 /// Fault classes a run can inject (SIMULATION: a batch fails if one never fired).
-pub const FAULT_CLASSES: [&str; 20] = [
+pub const FAULT_CLASSES: [&str; 23] = [
     "edge-removed",
     "voter-demoted",
     "voter-replaced",
@@ -90,7 +86,13 @@ pub const FAULT_CLASSES: [&str; 20] = [
     "rate-limited",
     "invalid-authz",
     "lost-finalize",
+    "ca-flaky",
+    "late-validation",
+    "order-reused",
 ];
+
+/// Fault classes a days run adds ([`SimOptions::days`]): ARI is polled only at that timescale.
+pub const DAYS_FAULT_CLASSES: [&str; 2] = ["ari-polls", "ari-renew-now"];
 
 /// What one run found.
 #[derive(Clone, Debug, Default)]
@@ -282,6 +284,22 @@ fn raft_config(options: &SimOptions) -> Arc<Config> {
     Arc::new(config.validate().expect("a valid config"))
 }
 
+/// The node driver's apply wait and write deadline: 2 s and 5 s, or with buggify shorter ones
+/// drawn from the seed (SIMULATION "shorten timeouts"). An apply wait shorter than a round trip
+/// sends the leader ahead of members that have not acknowledged (counted; I7 excuses their
+/// misses, nothing else); a deadline of a second leaves more writes unknown and more steps to
+/// be found committed by the next leader.
+fn driver_timeouts(options: &SimOptions) -> (Duration, Duration) {
+    if !options.buggify {
+        return (Duration::from_secs(2), Duration::from_secs(5));
+    }
+    let knob = |what: &[u8], bound: u64| mix(options.seed, what, 1) % bound;
+    (
+        Duration::from_millis(50 + knob(b"apply-wait", 1_950)),
+        Duration::from_millis(1_000 + knob(b"write-deadline", 4_000)),
+    )
+}
+
 /// What every host shares with the harness.
 #[derive(Clone)]
 struct Shared {
@@ -352,6 +370,7 @@ fn start_host(
     let stats: Arc<Mutex<Vec<Arc<DriverStats>>>> = Arc::default();
     let sync_every = Duration::from_millis(options.sync_interval_ms);
     let driver_seed = mix(options.seed, b"driver", id);
+    let (apply_wait, write_deadline) = driver_timeouts(options);
     let init_config = raft_config(options);
     let init_snapshots = snapshots.clone();
     let (init_log, init_live, init_shared, init_clock, init_incarnation, init_stats) = (
@@ -424,8 +443,8 @@ fn start_host(
                 // The leader's work: planner and order cycles against the shared CA.
                 let config = DriverConfig {
                     tick: Duration::from_secs(1),
-                    apply_wait: Duration::from_secs(2),
-                    write_deadline: Duration::from_secs(5),
+                    apply_wait,
+                    write_deadline,
                     seed: mix(driver_seed, b"incarnation", lifetime.1),
                 };
                 let driver = NodeDriver::new(
@@ -437,9 +456,11 @@ fn start_host(
                 );
                 lock(&stats).push(driver.stats());
                 tokio::spawn(driver.run());
-                // Batched fsync: entries between syncs are what a crash takes away.
+                // Batched fsync, `sync_every` after the first write it covers: entries
+                // between syncs are what a crash takes away.
                 tokio::spawn(async move {
                     loop {
+                        log.appended().await;
                         tokio::time::sleep(sync_every).await;
                         log.sync();
                     }
@@ -612,6 +633,11 @@ impl Run {
             reuse_authz: options.ca_reuse_authz,
             chain_every: options.ca_chain_every,
             ari: options.ca_ari,
+            ari_moves: options.ca_ari_moves,
+            ari_renew_now: options.ca_ari_renew_now,
+            reuse_orders: options.ca_reuse_orders,
+            late_validation_ms: options.ca_late_validation_ms,
+            flaky_permille: options.ca_flaky_permille,
             ..CaFaultPlan::default()
         };
 
@@ -628,7 +654,13 @@ impl Run {
         }
         if options.ca_down_long {
             let start = now.plus_ms(choices.below(options.safety_ms / 4));
-            let length = 20 * 60_000 + choices.below(20 * 60_000);
+            // One to two lifetimes of minutes; "down for hours" at the days timescale.
+            let (base, spread) = if options.days {
+                (2 * 3_600_000, 6 * 3_600_000)
+            } else {
+                (20 * 60_000, 20 * 60_000)
+            };
+            let length = base + choices.below(spread);
             faults.down.push((start, start.plus_ms(length)));
         }
         for _ in 0..options.ca_rate_limited {
@@ -639,9 +671,9 @@ impl Run {
         }
         faults.rate_limited.sort();
         let (kill_tx, kills) = tokio::sync::mpsc::unbounded_channel();
-        let policy = sim_policy();
+        let policy = sim_policy(&options);
         let ca = Arc::new(SimCa::new(
-            CERT_LIFETIME_MS,
+            options.lifetime_ms,
             (policy.new_orders, policy.certs_per_set),
             faults,
             mix(options.seed, b"ca", 0),
@@ -656,7 +688,7 @@ impl Run {
         // together within the bound. A soak run drifts slower, so that its drift too stays
         // within 1.1 s (a 24-hour run at 100 ppm drifted 9 s past the bound: I12 everywhere).
         let offset_max = options.skew_ms_max.saturating_sub(1_100);
-        let run_ms = options.safety_ms + 2 * 3_600_000;
+        let run_ms = options.safety_ms + options.liveness_ms + 3_600_000;
         let drift_ppm_max = (1_100 * 1_000_000 / run_ms).min(100);
         let hosts = (1..=options.voters + options.edges)
             .map(|id| {
@@ -775,7 +807,7 @@ impl Run {
         let issuer = IssuerId::parse(ISSUER).expect("fixture issuer");
         for op in [
             Op::SetPolicy {
-                policy: sim_policy(),
+                policy: sim_policy(&self.options),
             },
             Op::SetAccount {
                 issuer: issuer.clone(),
@@ -823,7 +855,13 @@ impl Run {
                     Write::Modify(name)
                 }
                 _ => {
-                    let name = format!("w{step}.example.com");
+                    // At the days timescale a name per registered domain: Let's Encrypt's
+                    // 50 certificates per domain and week would hold 2,000 under one.
+                    let name = if options.days {
+                        format!("w{step}.site{step}.com")
+                    } else {
+                        format!("w{step}.example.com")
+                    };
                     names.push(name.clone());
                     Write::Add(name)
                 }
@@ -1741,7 +1779,7 @@ impl Run {
     async fn liveness_phase(&mut self) {
         let began = tokio::time::Instant::now();
         let mut i6 = Vec::new();
-        while began.elapsed() < Duration::from_millis(LIVENESS_MS) {
+        while began.elapsed() < Duration::from_millis(self.options.liveness_ms) {
             tokio::time::sleep(Duration::from_secs(60)).await;
             self.sample_terms();
             if began.elapsed() < Duration::from_millis(GRACE_MS) {
@@ -1795,7 +1833,7 @@ impl Run {
         let books = self.shared.ca.books();
         let (acknowledged, unknown) = self.write_outcomes();
         let now = SystemClock.now();
-        let policy = sim_policy();
+        let policy = sim_policy(&self.options);
         for host in &self.hosts {
             let Some(sm) = host.state_machine() else {
                 continue;
@@ -1821,6 +1859,8 @@ impl Run {
         self.violations.extend(i07_challenges::check(&books));
         self.violations.extend(i08_budget::check(&books));
         self.violations.extend(i09_retry_after::check(&books));
+        let (renew_now, stuck) = i06_validity::check_renew_now(&journal);
+        self.violations.extend(stuck);
         let leader_changes = self.leader_changes();
         let snapshot_installs: u64 = self
             .hosts
@@ -1828,6 +1868,9 @@ impl Run {
             .map(|h| h.installs + h.state_machine().map_or(0, |sm| sm.snapshot_installs()))
             .sum();
         note!(&mut self.trace, "snapshot_installs={snapshot_installs}");
+        if self.options.days {
+            note!(&mut self.trace, "renew_now_committed={renew_now}");
+        }
         self.note_books(&books, &orders, leader_changes, acknowledged.len(), unknown);
         if let Some(sm) = self.hosts.iter().find_map(Host::state_machine) {
             let trace = self.trace.clone();
@@ -1974,13 +2017,17 @@ pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// The lifecycle policy for 20-minute certificates, with Let's Encrypt's limits scaled to
+/// The run's lifecycle policy. At the days timescale, production's own (Let's Encrypt's
+/// limits, 12-hour ARI polls). For 20-minute certificates, Let's Encrypt's limits scaled to
 /// them: a set renews about every 13 minutes, so a week's 5 duplicates become 10 an hour, and
 /// 300 new orders per 3 hours for 90-day certificates become 600 an hour. The simulated CA
 /// enforces the same numbers (I8).
 #[must_use]
-pub fn sim_policy() -> certfleet_core::Policy {
+pub fn sim_policy(options: &SimOptions) -> certfleet_core::Policy {
     use certfleet_core::budget::Rate;
+    if options.days {
+        return certfleet_core::Policy::default();
+    }
     certfleet_core::Policy {
         new_orders: Rate {
             count: 600,
@@ -2017,7 +2064,9 @@ pub fn run_seed(options: &SimOptions) -> Outcome {
                 Duration::from_millis(1)..Duration::from_millis(options.latency_ms_max + 1);
             let mut runtime = madsim::runtime::Runtime::with_seed_and_config(options.seed, config);
             // A run that does not finish within this much virtual time is stuck: a liveness bug.
-            let soak_secs = (options.safety_ms.saturating_sub(SAFETY_MS)) / 1_000;
+            let soak_secs = (options.safety_ms.saturating_sub(SAFETY_MS)
+                + options.liveness_ms.saturating_sub(LIVENESS_MS))
+                / 1_000;
             runtime.set_time_limit(Duration::from_secs(VIRTUAL_SECS_MAX + soak_secs));
             runtime.block_on(async move { run(&options).await })
         });

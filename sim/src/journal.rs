@@ -153,6 +153,34 @@ impl Journal {
 }
 
 #[cfg(test)]
+impl Journal {
+    /// The journal of `ops` applied in order by one node, each at its instant (for tests).
+    pub(crate) fn of_ops(ops: &[(u64, certfleet_core::Op)]) -> Self {
+        let mut journal = Self::new(0);
+        let state = certfleet_core::State::default();
+        for (i, (at, op)) in ops.iter().enumerate() {
+            let command = Command {
+                at: UnixMillis(*at),
+                op: op.clone(),
+            };
+            journal.observe(&Applied {
+                lifetime: (1, 0),
+                now: UnixMillis(*at),
+                entry: &AppliedEntry {
+                    index: i as u64 + 1,
+                    entry_term: 1,
+                    command: &command,
+                    response: &certfleet_core::Response::Accepted,
+                    open_before: None,
+                    state: &state,
+                },
+            });
+        }
+        journal
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use certfleet_core::command::Op;

@@ -10,6 +10,16 @@ use crate::ca::Window;
 /// The standard safety phase: workload and faults (three certificate lifetimes); a soak run
 /// ([`SimOptions::soak`]) is longer.
 pub const SAFETY_MS: u64 = 60 * 60 * 1000;
+/// Certificate lifetime of the standard run (20 minutes: three lifetimes per safety phase).
+pub const CERT_LIFETIME_MS: u64 = 20 * 60 * 1000;
+/// The standard liveness phase: no faults; certificates must keep renewing (two lifetimes).
+pub const LIVENESS_MS: u64 = 40 * 60 * 1000;
+/// A virtual day.
+pub const DAY_MS: u64 = 24 * 60 * 60 * 1000;
+/// The days mode's safety phase (SIMULATION "A run", step 2: at least 14 virtual days).
+pub const DAYS_SAFETY_MS: u64 = 14 * DAY_MS;
+/// The days mode's faults: this many standard hours' worth, spread over its 14 days.
+pub const DAYS_FAULT_HOURS: u64 = 48;
 
 /// The shape of one simulation run.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -94,6 +104,28 @@ pub struct SimOptions {
     /// Length of the safety phase, in virtual milliseconds (one hour; [`SimOptions::soak`]
     /// makes it longer).
     pub safety_ms: u64,
+    /// Length of the liveness phase, in virtual milliseconds.
+    pub liveness_ms: u64,
+    /// Lifetime of the certificates the CA issues.
+    pub lifetime_ms: u64,
+    /// The production timescale ([`SimOptions::days`]): lifetimes of days, the production
+    /// policy and Let's Encrypt's own limits, a name per registered domain, hours-long CA
+    /// outages. Otherwise lifetimes of minutes, with the policy's periods scaled to them.
+    pub days: bool,
+    /// The CA's ARI windows move between polls (each poll may suggest another window).
+    pub ca_ari_moves: bool,
+    /// ARI polls the CA answers with "renew now" (a window already past, as after a
+    /// revocation incident).
+    pub ca_ari_renew_now: u32,
+    /// Whether the CA returns an identifier set's last order while it is still `pending` or
+    /// `ready` instead of creating another (Let's Encrypt's order reuse).
+    pub ca_reuse_orders: bool,
+    /// The CA validates up to this long after it is told a challenge is ready, each
+    /// perspective at its own moment (0: at once): late and repeated validation.
+    pub ca_late_validation_ms: u64,
+    /// Per mille of CA calls that fail with a 500 (no `Retry-After`) or a connection reset,
+    /// before the CA acts or, where a retry is safe, after it (the response lost).
+    pub ca_flaky_permille: u64,
     /// A known bug switched back on (tests and `--mutation`; never drawn from the seed).
     pub mutation: Option<Mutation>,
 }
@@ -155,8 +187,47 @@ impl SimOptions {
             kill_windows,
             clog_leader: false,
             safety_ms: SAFETY_MS,
+            liveness_ms: LIVENESS_MS,
+            lifetime_ms: CERT_LIFETIME_MS,
+            days: false,
+            ca_ari_moves: draw(b"ca-ari-moves", 2) == 0,
+            ca_ari_renew_now: draw(b"ca-ari-renew-now", 4) as u32,
+            ca_reuse_orders: draw(b"ca-reuse-orders", 2) == 0,
+            ca_late_validation_ms: if draw(b"ca-late", 2) == 0 {
+                0
+            } else {
+                1_000 + draw(b"ca-late-ms", 29_000)
+            },
+            ca_flaky_permille: if draw(b"ca-flaky", 2) == 0 {
+                0
+            } else {
+                5 + draw(b"ca-flaky-permille", 46)
+            },
             mutation: None,
         }
+    }
+
+    /// The same seed at the production timescale (SIMULATION "A run", steps 1–2; `--days`):
+    /// lifetimes of 6, 45 or 90 days, 200–2,000 certificates, a 14-day safety phase and a
+    /// day-long liveness phase, the production policy (12-hour ARI polls, daily backoff,
+    /// Let's Encrypt's 300 new orders per 3 hours and 5 duplicates per week, which the CA
+    /// enforces too), and [`DAYS_FAULT_HOURS`] standard hours' worth of faults spread over
+    /// the 14 days. What it adds to the standard run is the policy's day-scale constants
+    /// and ARI: polled every 12 hours, so a run of minutes never polls it.
+    #[must_use]
+    pub fn days(self) -> Self {
+        let seed = self.seed;
+        let draw = |what: &[u8], bound: u64| mix(seed, what, 0) % bound;
+        let mut options = self.soak(DAYS_FAULT_HOURS);
+        options.days = true;
+        options.safety_ms = DAYS_SAFETY_MS;
+        options.liveness_ms = DAY_MS;
+        options.lifetime_ms = [6, 45, 90][draw(b"days-lifetime", 3) as usize] * DAY_MS;
+        options.writes = 200 + draw(b"days-writes", 1_801);
+        // Several renew-now answers over 14 days of 12-hourly polls.
+        options.ca_ari = true;
+        options.ca_ari_renew_now = 5 + draw(b"days-renew-now", 20) as u32;
+        options
     }
 
     /// The same run stretched to a safety phase of `hours` virtual hours (the soak mode,
@@ -194,7 +265,7 @@ impl SimOptions {
     }
 
     /// Fault classes [`SimOptions::without`] can switch off, by name.
-    pub const CLASSES: [&'static str; 18] = [
+    pub const CLASSES: [&'static str; 21] = [
         "crashes",
         "clogs",
         "swizzles",
@@ -213,6 +284,9 @@ impl SimOptions {
         "disk-errors",
         "buggify",
         "replacements",
+        "ca-ari",
+        "ca-late-validation",
+        "ca-flaky",
     ];
 
     /// The same options with the fault class `class` (one of [`SimOptions::CLASSES`]) switched
@@ -241,6 +315,12 @@ impl SimOptions {
             "disk-errors" => self.disk_errors = 0,
             "buggify" => self.buggify = false,
             "replacements" => self.replacements = 0,
+            "ca-late-validation" => self.ca_late_validation_ms = 0,
+            "ca-flaky" => self.ca_flaky_permille = 0,
+            "ca-ari" => {
+                self.ca_ari_moves = false;
+                self.ca_ari_renew_now = 0;
+            }
             other => {
                 return Err(format!(
                     "no fault class {other:?}; known: {}",
@@ -302,8 +382,24 @@ impl fmt::Display for SimOptions {
         if self.clog_leader {
             write!(f, " clog_leader")?;
         }
+        write!(
+            f,
+            " ca_ari_moves={} ca_ari_renew_now={} ca_reuse_orders={} ca_late_ms={} ca_flaky={}‰",
+            self.ca_ari_moves,
+            self.ca_ari_renew_now,
+            self.ca_reuse_orders,
+            self.ca_late_validation_ms,
+            self.ca_flaky_permille
+        )?;
         if self.safety_ms != SAFETY_MS {
             write!(f, " safety_ms={}", self.safety_ms)?;
+        }
+        if self.days {
+            write!(
+                f,
+                " days lifetime_ms={} liveness_ms={}",
+                self.lifetime_ms, self.liveness_ms
+            )?;
         }
         if let Some(mutation) = self.mutation {
             write!(f, " mutation={}", mutation.name())?;
@@ -350,6 +446,10 @@ mod tests {
         }
         let quiet = options;
         assert_eq!((quiet.lossy, quiet.disk_errors, quiet.crashes), (0, 0, 0));
+        assert_eq!(
+            (quiet.ca_flaky_permille, quiet.ca_late_validation_ms),
+            (0, 0)
+        );
         assert!(!quiet.buggify && quiet.kill_windows.is_empty());
         assert_eq!(
             quiet.writes,
@@ -381,6 +481,36 @@ mod tests {
     }
 
     #[test]
+    fn a_days_run_has_lifetimes_of_days_hundreds_of_certificates_and_two_weeks_of_safety() {
+        let runs: Vec<SimOptions> = (0..60).map(|s| SimOptions::from_seed(s).days()).collect();
+        for (seed, days) in runs.iter().enumerate() {
+            let standard = SimOptions::from_seed(seed as u64);
+            assert!(days.days && !standard.days);
+            assert!([6, 45, 90].contains(&(days.lifetime_ms / DAY_MS)));
+            assert_eq!(days.lifetime_ms % DAY_MS, 0);
+            assert!((200..=2_000).contains(&days.writes));
+            assert_eq!(days.safety_ms, 14 * DAY_MS);
+            assert_eq!(days.liveness_ms, DAY_MS);
+            assert!(days.ca_ari && days.ca_ari_renew_now >= 5);
+            assert_eq!(days.crashes, DAYS_FAULT_HOURS * standard.crashes);
+            assert_eq!(
+                (days.voters, days.edges, days.latency_ms_max),
+                (standard.voters, standard.edges, standard.latency_ms_max),
+                "the same cluster"
+            );
+            assert!(days.to_string().contains(" days lifetime_ms="));
+        }
+        let lifetimes: std::collections::BTreeSet<u64> =
+            runs.iter().map(|o| o.lifetime_ms / DAY_MS).collect();
+        assert_eq!(lifetimes.len(), 3, "every lifetime appears");
+        let standard = SimOptions::from_seed(3);
+        assert_eq!(
+            (standard.lifetime_ms, standard.liveness_ms),
+            (CERT_LIFETIME_MS, LIVENESS_MS)
+        );
+    }
+
+    #[test]
     fn every_fault_class_is_drawn_by_some_seed_of_a_small_batch() {
         let batch: Vec<SimOptions> = (0..50).map(SimOptions::from_seed).collect();
         assert!(batch.iter().any(|o| o.crashes > 0));
@@ -393,6 +523,16 @@ mod tests {
         assert!(batch.iter().any(|o| o.lossy > 0 && o.flaps > 0));
         assert!(batch.iter().any(|o| o.disk_errors > 0 && o.buggify));
         assert!(batch.iter().any(|o| o.ca_down_long && o.replacements > 0));
+        assert!(
+            batch
+                .iter()
+                .any(|o| o.ca_reuse_orders && o.ca_flaky_permille > 0)
+        );
+        assert!(
+            batch
+                .iter()
+                .any(|o| o.ca_late_validation_ms > 0 && o.ca_ari_moves)
+        );
         for window in Window::ALL {
             assert!(batch.iter().any(|o| o.kill_windows.contains(&window)));
         }

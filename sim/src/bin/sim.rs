@@ -9,6 +9,8 @@
 //!   fault classes switched off (`SimOptions::CLASSES`), to see which faults a failure needs.
 //! * `--safety-hours H` (with `--seed` or `--seeds`): the soak mode, a safety phase of `H`
 //!   virtual hours with the workload and faults scaled to it (`SimOptions::soak`).
+//! * `--days` (with `--seed` or `--seeds`): the production timescale (`SimOptions::days`):
+//!   lifetimes of days, 200–2,000 certificates, a 14-day safety phase, the production policy.
 //! * `certfleet-sim --seed S --wire`: the wire scenario (`certfleet_sim::wire`: the production
 //!   ACME adapter against the RFC 8555 CA over simulated TCP): its report, then
 //!   `digest: <hex>` (byte-identical on every run of that seed; wall time goes to stderr).
@@ -47,6 +49,7 @@ struct Args {
     scenario: Option<String>,
     without: Vec<String>,
     safety_hours: u64,
+    days: bool,
 }
 
 #[cfg(madsim)]
@@ -64,6 +67,7 @@ impl Args {
             scenario: None,
             without: Vec::new(),
             safety_hours: 1,
+            days: false,
         };
         let mut args = args.into_iter();
         while let Some(flag) = args.next() {
@@ -115,6 +119,7 @@ impl Args {
                     }
                 }
                 "--quiet" => parsed.quiet = true,
+                "--days" => parsed.days = true,
                 "--wire" => parsed.wire = true,
                 "--wire-kill" => {
                     use certfleet_sim::wire::WireKill;
@@ -132,6 +137,9 @@ impl Args {
         if parsed.wire && (!parsed.single || parsed.mutation.is_some() || parsed.scenario.is_some())
         {
             return Err("--wire runs one seed: --seed S --wire".into());
+        }
+        if parsed.days && (parsed.wire || parsed.safety_hours != 1) {
+            return Err("--days sets its own phases: not with --wire or --safety-hours".into());
         }
         if parsed.wire_kill.is_some() && !parsed.wire {
             return Err("--wire-kill needs --wire".into());
@@ -153,6 +161,9 @@ impl Args {
         }
         if self.safety_hours != 1 {
             flags.push_str(&format!(" --safety-hours {}", self.safety_hours));
+        }
+        if self.days {
+            flags.push_str(" --days");
         }
         flags
     }
@@ -180,6 +191,7 @@ fn one(args: &Args) -> ExitCode {
     }
     .with_mutation(args.mutation)
     .soak(args.safety_hours);
+    let options = if args.days { options.days() } else { options };
     let options = match args
         .without
         .iter()
@@ -355,11 +367,16 @@ fn batch(args: &Args) -> ExitCode {
                 if args.safety_hours != 1 {
                     command.args(["--safety-hours", &args.safety_hours.to_string()]);
                 }
+                if args.days {
+                    command.arg("--days");
+                }
                 (seed, command.spawn())
             })
             .collect();
         for (seed, child) in children {
-            let limit = SEED_WALL_SECS_MAX * args.safety_hours;
+            // A days run is 14 days of safety and one of liveness: 360 standard hours.
+            let hours = if args.days { 360 } else { args.safety_hours };
+            let limit = SEED_WALL_SECS_MAX * hours;
             let output = child.and_then(|child| wait_at_most(child, limit));
             let text = match &output {
                 Ok((_, stdout)) => stdout.clone(),
@@ -391,8 +408,16 @@ fn batch(args: &Args) -> ExitCode {
     // A batch in which a fault class never fired tested less than it claims (SIMULATION
     // "Faults"); small batches are exempt.
     if totals.runs >= BATCH_RUNS_MIN && args.mutation.is_none() {
-        for class in certfleet_sim::cluster::FAULT_CLASSES {
-            if totals.fired.get(class).copied().unwrap_or(0) == 0 {
+        let days_classes: &[&str] = if args.days {
+            &certfleet_sim::cluster::DAYS_FAULT_CLASSES
+        } else {
+            &[]
+        };
+        for class in certfleet_sim::cluster::FAULT_CLASSES
+            .iter()
+            .chain(days_classes)
+        {
+            if totals.fired.get(*class).copied().unwrap_or(0) == 0 {
                 println!("fault class {class} never fired in {} seeds", totals.runs);
                 totals.violations += 1;
             }
@@ -486,7 +511,7 @@ fn parse_range(text: &str) -> Option<std::ops::Range<u64>> {
 #[cfg(madsim)]
 fn usage(problem: &str) -> ExitCode {
     eprintln!(
-        "certfleet-sim: {problem}\nusage: certfleet-sim --seeds A..B [--jobs N] [--mutation NAME]\n       certfleet-sim --seed S [--mutation NAME] [--scenario NAME] [--quiet]\n       certfleet-sim --seed S --wire [--wire-kill PLAN]"
+        "certfleet-sim: {problem}\nusage: certfleet-sim --seeds A..B [--jobs N] [--mutation NAME] [--without CLASS,..] [--safety-hours H | --days]\n       certfleet-sim --seed S [--mutation NAME] [--scenario NAME] [--quiet] [--without CLASS,..] [--safety-hours H | --days]\n       certfleet-sim --seed S --wire [--wire-kill PLAN]"
     );
     ExitCode::from(2)
 }

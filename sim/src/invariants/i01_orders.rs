@@ -116,38 +116,17 @@ pub fn check(journal: &Journal, books: &CaBooks) -> Report {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::journal::{Applied, LeaderCrash};
-    use certfleet::raft::state_machine::AppliedEntry;
+    use crate::journal::LeaderCrash;
+    use certfleet_core::Term;
     use certfleet_core::command::StepRef;
     use certfleet_core::model::RenewalReason;
-    use certfleet_core::{Command, Response, State, Term};
 
     fn cert() -> CertId {
         CertId::parse("a.example.com").expect("valid")
     }
 
     fn journal_of(ops: &[(u64, Op)]) -> Journal {
-        let mut journal = Journal::new(0);
-        let state = State::default();
-        for (i, (at, op)) in ops.iter().enumerate() {
-            let command = Command {
-                at: UnixMillis(*at),
-                op: op.clone(),
-            };
-            journal.observe(&Applied {
-                lifetime: (1, 0),
-                now: UnixMillis(*at),
-                entry: &AppliedEntry {
-                    index: i as u64 + 1,
-                    entry_term: 1,
-                    command: &command,
-                    response: &Response::Accepted,
-                    open_before: None,
-                    state: &state,
-                },
-            });
-        }
-        journal
+        Journal::of_ops(ops)
     }
 
     fn begin(term: u64) -> Op {
