@@ -262,7 +262,7 @@ impl State {
                 term,
                 reason,
             } => self.begin_order(cert, *cycle, *term, *reason, now),
-            Op::ResumeOrder { cert, cycle, term } => self.resume_order(cert, *cycle, *term),
+            Op::ResumeOrder { cert, cycle, term } => self.resume_order(cert, *cycle, *term, now),
             Op::OrderCreated {
                 step,
                 order_url,
@@ -516,7 +516,13 @@ impl State {
         Ok(())
     }
 
-    fn resume_order(&mut self, cert: &CertId, cycle: Cycle, term: Term) -> Result<(), Rejection> {
+    fn resume_order(
+        &mut self,
+        cert: &CertId,
+        cycle: Cycle,
+        term: Term,
+        now: UnixMillis,
+    ) -> Result<(), Rejection> {
         let record = self
             .certs
             .get_mut(cert)
@@ -540,6 +546,20 @@ impl State {
             });
         }
         open.term = term;
+        // Resumed before its order URL was committed, the cycle calls `newOrder` again, and the
+        // CA counts every order it creates (the lost leader's may exist): the resumer takes
+        // another new-orders token and waits for one. Found by the days run (seed 2): 960
+        // certificates imported at exactly 300 orders per 3 hours, leaders lost mid-import,
+        // and the CA answered 429.
+        if matches!(open.step, OrderStep::Begun) {
+            let key = BudgetKey::NewOrders {
+                issuer: record.spec.issuer.clone(),
+            };
+            let rate = self.policy.new_orders;
+            let available = self.budgets.available_at(&key, rate);
+            self.budgets.consume(&key, rate, now);
+            open.not_before = open.not_before.max(available);
+        }
         Ok(())
     }
 

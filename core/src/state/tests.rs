@@ -460,6 +460,51 @@ fn removing_a_certificate_with_an_open_cycle_closes_it_cleanly() {
 }
 
 #[test]
+fn a_cycle_resumed_before_its_order_was_committed_spends_and_waits_for_another_new_order() {
+    let key = BudgetKey::NewOrders {
+        issuer: IssuerId::parse(ISSUER).unwrap(),
+    };
+    let mut state = at_step(StepName::Begun);
+    // One new order a minute: the cycle's own spent the minute.
+    let mut policy = state.policy().clone();
+    policy.new_orders = crate::budget::Rate {
+        count: 1,
+        period_ms: MINUTE_MS,
+    };
+    ok(&mut state, T0, Op::SetPolicy { policy });
+    let before = state.budgets().arrival(&key);
+    let available = state
+        .budgets()
+        .available_at(&key, state.policy().new_orders);
+    assert!(available > T0.plus_ms(1), "the bucket is spent for a while");
+    let resume = |term| Op::ResumeOrder {
+        cert: id("www.example.com"),
+        cycle: Cycle(1),
+        term: Term(term),
+    };
+    ok(&mut state, T0.plus_ms(1), resume(2));
+    let open = state
+        .cert(&id("www.example.com"))
+        .unwrap()
+        .open
+        .clone()
+        .unwrap();
+    assert!(
+        state.budgets().arrival(&key) > before,
+        "another order spent"
+    );
+    assert_eq!(
+        open.not_before, available,
+        "the second newOrder waits for its token"
+    );
+    // Once the order URL is committed, a takeover resumes that order: nothing to spend.
+    let mut state = at_step(StepName::OrderCreated);
+    let spent = state.budgets().arrival(&key);
+    ok(&mut state, T0.plus_ms(1), resume(2));
+    assert_eq!(state.budgets().arrival(&key), spent);
+}
+
+#[test]
 fn chains_are_interned_and_released_with_their_last_leaf() {
     let mut state = at_step(StepName::Finalized);
     ok(
