@@ -1435,13 +1435,27 @@ impl Run {
                 _ => "failed to join",
             }
         );
+        if !learner {
+            // A host the cluster never took is shut down, as an operator would before trying
+            // again; were its addition committed after all, it is a learner that stays down.
+            // Found by seed 30025: the add was proposed to a leader that lost its leadership,
+            // the next one dropped it, and the host (left running, 569 entries in) counted as a
+            // member that never converged.
+            self.decommission(id);
+            return;
+        }
         if !swapped {
-            // The new host stays: a learner (or a node nobody added) that heal leaves be.
+            // The new host stays: a learner that heal leaves be.
             return;
         }
         self.fired("voter-replaced");
         self.admit_when_caught_up(id).await;
-        // Decommission the old host: out of the load balancer, its process stopped for good.
+        self.decommission(target);
+    }
+
+    /// Takes a host out for good: out of the load balancer, its process stopped, and skipped
+    /// by the final checks.
+    fn decommission(&mut self, target: u64) {
         self.shared.ca.withdraw(target);
         let host = &mut self.hosts[target as usize - 1];
         if host.paused {
