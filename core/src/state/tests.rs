@@ -10,6 +10,14 @@ use crate::time::{DAY_MS, HOUR_MS, MINUTE_MS};
 
 const T0: UnixMillis = UnixMillis(1_700_000_000_000);
 
+/// The open cycle of the fixtures' certificate.
+fn open_cycle(state: &State) -> OpenCycle {
+    state
+        .cert(&id("www.example.com"))
+        .and_then(|record| record.open.as_deref().cloned())
+        .expect("a cycle is open")
+}
+
 fn issuer() -> IssuerId {
     IssuerId::parse(ISSUER).unwrap()
 }
@@ -483,12 +491,7 @@ fn a_cycle_resumed_before_its_order_was_committed_spends_and_waits_for_another_n
         term: Term(term),
     };
     ok(&mut state, T0.plus_ms(1), resume(2));
-    let open = state
-        .cert(&id("www.example.com"))
-        .unwrap()
-        .open
-        .clone()
-        .unwrap();
+    let open = open_cycle(&state);
     assert!(
         state.budgets().arrival(&key) > before,
         "another order spent"
@@ -703,12 +706,7 @@ fn a_cycle_begun_under_a_retry_after_waits_it_out() {
             reason: RenewalReason::Initial,
         },
     );
-    let open = state
-        .cert(&id("www.example.com"))
-        .unwrap()
-        .open
-        .clone()
-        .unwrap();
+    let open = open_cycle(&state);
     assert_eq!(open.not_before, until, "the new cycle starts by waiting");
     let driver = crate::order::OrderDriver::new(id("www.example.com"), &open, 0, 9);
     let mut driver = driver;
