@@ -792,6 +792,7 @@ impl SimCa {
                     }
                 );
             }
+            let mut account_arrival = None;
             let lose_response = match flaky {
                 Flaky::No => false,
                 Flaky::LoseResponse => true,
@@ -827,6 +828,7 @@ impl SimCa {
                         true,
                     );
                 }
+                account_arrival = inner.arrivals.get(ACCOUNT).copied();
                 let (new_orders, per_set) = (inner.new_orders, inner.certs_per_set);
                 let set: Vec<String> = identifiers.iter().map(|i| i.value()).collect();
                 // Duplicate certificates count issued certificates (taken at finalize), new
@@ -902,6 +904,12 @@ impl SimCa {
             .unwrap_or_else(|| unreachable!("the driver sends the CA only CA actions"));
             if inner.model.reused_orders > reused_before {
                 *inner.books.faults_fired.entry("order-reused").or_default() += 1;
+                // A reused order is no new order: Let's Encrypt does not count it against the
+                // account's limit, and certfleet's budget never does.
+                match account_arrival {
+                    Some(arrival) => inner.arrivals.insert(ACCOUNT.to_owned(), arrival),
+                    None => inner.arrivals.remove(ACCOUNT),
+                };
             }
             if let Action::Finalize { identifiers, .. } = &action {
                 // Issued even when the response is lost: the CA counts what it signed.
