@@ -284,6 +284,9 @@ fn raft_config(options: &SimOptions) -> Arc<Config> {
     Arc::new(config.validate().expect("a valid config"))
 }
 
+/// The node driver's apply wait and write deadline without buggify.
+const STANDARD_TIMEOUTS: (Duration, Duration) = (Duration::from_secs(2), Duration::from_secs(5));
+
 /// The node driver's apply wait and write deadline: 2 s and 5 s, or with buggify shorter ones
 /// drawn from the seed (SIMULATION "shorten timeouts"). An apply wait shorter than a round trip
 /// sends the leader ahead of members that have not acknowledged (counted; I7 excuses their
@@ -291,7 +294,7 @@ fn raft_config(options: &SimOptions) -> Arc<Config> {
 /// be found committed by the next leader.
 fn driver_timeouts(options: &SimOptions) -> (Duration, Duration) {
     if !options.buggify {
-        return (Duration::from_secs(2), Duration::from_secs(5));
+        return STANDARD_TIMEOUTS;
     }
     let knob = |what: &[u8], bound: u64| mix(options.seed, what, 1) % bound;
     (
@@ -305,6 +308,10 @@ fn driver_timeouts(options: &SimOptions) -> (Duration, Duration) {
 struct Shared {
     ca: Arc<SimCa>,
     journal: Arc<Mutex<Journal>>,
+    /// Set when the faults are removed: a node started after it runs with the standard
+    /// timeouts (seed 31087: a 50 ms apply wait drawn by buggify kept failing validations
+    /// through the liveness phase, and certificates expired).
+    healed: Arc<AtomicBool>,
 }
 
 /// Whether `leader` still leads (a quorum confirms it) and its membership is committed. A
@@ -370,7 +377,7 @@ fn start_host(
     let stats: Arc<Mutex<Vec<Arc<DriverStats>>>> = Arc::default();
     let sync_every = Duration::from_millis(options.sync_interval_ms);
     let driver_seed = mix(options.seed, b"driver", id);
-    let (apply_wait, write_deadline) = driver_timeouts(options);
+    let drawn_timeouts = driver_timeouts(options);
     let init_config = raft_config(options);
     let init_snapshots = snapshots.clone();
     let (init_log, init_live, init_shared, init_clock, init_incarnation, init_stats) = (
@@ -441,6 +448,11 @@ fn start_host(
                     },
                 );
                 // The leader's work: planner and order cycles against the shared CA.
+                let (apply_wait, write_deadline) = if shared.healed.load(Ordering::Relaxed) {
+                    STANDARD_TIMEOUTS
+                } else {
+                    drawn_timeouts
+                };
                 let config = DriverConfig {
                     tick: Duration::from_secs(1),
                     apply_wait,
@@ -683,6 +695,7 @@ impl Run {
         let shared = Shared {
             ca,
             journal: Arc::new(Mutex::new(Journal::new(options.skew_ms_max))),
+            healed: Arc::default(),
         };
         // Clock error: a fixed offset and a drift of up to 100 ppm (at most ~1.1 s over a run),
         // together within the bound. A soak run drifts slower, so that its drift too stays
@@ -1734,6 +1747,7 @@ impl Run {
     /// cluster keeps a majority), the network and the CA healed.
     async fn heal(&mut self) {
         certfleet::buggify::set(false);
+        self.shared.healed.store(true, Ordering::Relaxed);
         let mut pending = std::mem::take(&mut self.schedule);
         while let Some((_, event)) = pending.pop_first() {
             if let Event::Remove(fault) = event {
