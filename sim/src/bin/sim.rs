@@ -27,6 +27,19 @@
 
 use std::process::ExitCode;
 
+/// `println!` that ends the process quietly when its reader has gone (`--seed S | head -1`):
+/// `println!` panics on the broken pipe, and Rust ignores SIGPIPE. 141 is what a shell reports
+/// for a process SIGPIPE ended.
+#[cfg(madsim)]
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if writeln!(std::io::stdout().lock(), $($arg)*).is_err() {
+            std::process::exit(141);
+        }
+    }};
+}
+
 #[cfg(madsim)]
 fn main() -> ExitCode {
     match Args::parse(std::env::args().skip(1).collect()) {
@@ -213,13 +226,13 @@ fn one(args: &Args) -> ExitCode {
         outcome.entries_torn
     );
     if outcome.violations.is_empty() {
-        println!("seed {seed} ok {summary} digest={}", &digest[..16]);
+        say!("seed {seed} ok {summary} digest={}", &digest[..16]);
     } else {
-        println!("seed {seed} FAILED {summary}");
+        say!("seed {seed} FAILED {summary}");
         for violation in &outcome.violations {
-            println!("  {violation}");
+            say!("  {violation}");
         }
-        println!("  replay: {}", replay_command(seed, args));
+        say!("  replay: {}", replay_command(seed, args));
     }
     if args
         .scenario
@@ -227,8 +240,8 @@ fn one(args: &Args) -> ExitCode {
         .is_some_and(|name| name.starts_with("kill-"))
     {
         match KillReport::of(&outcome.journal, &outcome.books) {
-            Some(report) => println!("scenario: {report}"),
-            None => println!("scenario: no kill fired"),
+            Some(report) => say!("scenario: {report}"),
+            None => say!("scenario: no kill fired"),
         }
     }
     let fired: Vec<String> = outcome
@@ -236,7 +249,7 @@ fn one(args: &Args) -> ExitCode {
         .iter()
         .map(|(class, count)| format!("{class}:{count}"))
         .collect();
-    println!(
+    say!(
         "stats: violations={} cycles={} orders={} extra_orders={} early_lost={} virtual_ms={} installs={} fired={}",
         outcome.violations.len(),
         outcome.cycles,
@@ -250,7 +263,7 @@ fn one(args: &Args) -> ExitCode {
     if !args.quiet {
         print!("{}", outcome.trace);
     }
-    println!("digest: {digest}");
+    say!("digest: {digest}");
     if outcome.violations.is_empty() {
         ExitCode::SUCCESS
     } else {
@@ -275,11 +288,11 @@ fn wire(args: &Args) -> ExitCode {
     let report = wire::run(seed, options);
     print!("{report}");
     if !report.violations.is_empty() {
-        println!("  replay: {}{flags}", replay_command(seed, args));
+        say!("  replay: {}{flags}", replay_command(seed, args));
     }
     // Wall time is not a function of the seed: stderr, so stdout stays byte-identical.
     eprintln!("wall: {:.2} s", wall.elapsed().as_secs_f64());
-    println!("digest: {}", hex(&report.trace_digest));
+    say!("digest: {}", hex(&report.trace_digest));
     if report.violations.is_empty() {
         ExitCode::SUCCESS
     } else {
@@ -388,7 +401,7 @@ fn batch(args: &Args) -> ExitCode {
                     totals.add(stats);
                 } else if !line.starts_with("digest: ") {
                     seen |= line.starts_with("seed ");
-                    println!("{line}");
+                    say!("{line}");
                 }
             }
             if !seen {
@@ -398,8 +411,8 @@ fn batch(args: &Args) -> ExitCode {
                     Ok((None, _)) => format!("stuck: killed after {limit} s of wall time"),
                     Err(error) => error.to_string(),
                 };
-                println!("seed {seed} FAILED the run did not report ({status})");
-                println!("  replay: {}", replay_command(seed, args));
+                say!("seed {seed} FAILED the run did not report ({status})");
+                say!("  replay: {}", replay_command(seed, args));
                 totals.violations += 1;
             }
             totals.runs += 1;
@@ -418,7 +431,7 @@ fn batch(args: &Args) -> ExitCode {
             .chain(days_classes)
         {
             if totals.fired.get(*class).copied().unwrap_or(0) == 0 {
-                println!("fault class {class} never fired in {} seeds", totals.runs);
+                say!("fault class {class} never fired in {} seeds", totals.runs);
                 totals.violations += 1;
             }
         }
@@ -428,13 +441,13 @@ fn batch(args: &Args) -> ExitCode {
         .iter()
         .map(|(class, count)| format!("{class}={count}"))
         .collect();
-    println!("faults fired: {}", fired.join(" "));
-    println!("snapshots installed: {}", totals.installs);
-    println!(
+    say!("faults fired: {}", fired.join(" "));
+    say!("snapshots installed: {}", totals.installs);
+    say!(
         "calls before a Retry-After a deposed leader received and could not commit: {}",
         totals.early_lost
     );
-    println!(
+    say!(
         "{} cycles, {} orders ({:.5} orders per cycle, {} beyond the first of their cycle); {:.1} virtual hours ({:.2} per seed); {:.1} seeds per minute",
         totals.cycles,
         totals.orders,
@@ -444,7 +457,7 @@ fn batch(args: &Args) -> ExitCode {
         totals.virtual_ms as f64 / 3_600_000.0 / totals.runs.max(1) as f64,
         totals.runs as f64 * 60.0 / wall.elapsed().as_secs_f64().max(0.001)
     );
-    println!("{} seeds, {} violations", totals.runs, totals.violations);
+    say!("{} seeds, {} violations", totals.runs, totals.violations);
     if totals.violations == 0 {
         ExitCode::SUCCESS
     } else {
