@@ -3,7 +3,11 @@
 //!
 //! The applied index, cycles and `not_after` are in-memory state, rebuilt from the log after a
 //! restart, so they are followed per process lifetime as entries are applied ([`on_apply`]);
-//! the term is durable (the vote), so it is followed across restarts ([`Terms`]).
+//! the term is durable (the vote), so it is followed across restarts ([`Terms`]). A
+//! certificate removed and added again is another certificate: the checks follow each one by
+//! the instant it was added, since a snapshot install may carry a removal and the re-adding
+//! together, past the watch (CI seed 238465954: a node that had served w15 in cycle 1 next saw
+//! it, removed and re-added inside a snapshot, in cycle 1 with nothing served yet).
 
 use std::collections::BTreeMap;
 
@@ -15,7 +19,8 @@ use crate::journal::Applied;
 #[derive(Clone, Debug, Default)]
 pub struct Watch {
     index: u64,
-    certs: BTreeMap<CertId, (Cycle, Option<UnixMillis>)>,
+    /// Per certificate: when it was added, its cycle, what it serves until.
+    certs: BTreeMap<CertId, (UnixMillis, Cycle, Option<UnixMillis>)>,
 }
 
 /// Checks one applied entry against what the same node lifetime applied before.
@@ -36,13 +41,18 @@ pub fn on_apply(watch: &mut Watch, applied: &Applied<'_>, violations: &mut Vec<S
             watch.certs.remove(cert);
         }
         Some(record) => {
-            let now = (record.cycle, record.current.as_ref().map(|c| c.not_after));
+            let now = (
+                record.added_at,
+                record.cycle,
+                record.current.as_ref().map(|c| c.not_after),
+            );
             if let Some(before) = watch.certs.get(cert)
-                && (now.0 < before.0 || now.1 < before.1)
+                && before.0 == now.0
+                && (now.1 < before.1 || now.2 < before.2)
             {
                 violations.push(format!(
                     "I5 monotonic: n{host} {cert} went from (cycle {}, not_after {:?}) to (cycle {}, not_after {:?}) at index {}",
-                    before.0, before.1, now.0, now.1, applied.index
+                    before.1, before.2, now.1, now.2, applied.index
                 ));
             }
             watch.certs.insert(cert.clone(), now);
