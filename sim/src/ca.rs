@@ -189,7 +189,10 @@ struct Inner {
     arrivals: BTreeMap<String, UnixMillis>,
     /// Retry-After instants (true time) handed out, per resource: until when, whether
     /// account-wide, and the leadership of the caller it was sent to.
-    blocked_until: BTreeMap<String, (UnixMillis, bool, Leadership)>,
+    blocked_until: BTreeMap<String, (UnixMillis, bool, Leadership, UnixMillis)>,
+    /// The caller's own clock reading for the current call (what it turns a `Retry-After`
+    /// into an instant with).
+    caller_now: UnixMillis,
     /// Who makes the current call.
     caller: Leadership,
     /// When each node last resumed from a pause (true time).
@@ -246,6 +249,7 @@ impl SimCa {
                 certs_per_set: limits.1,
                 arrivals: BTreeMap::new(),
                 blocked_until: BTreeMap::new(),
+                caller_now: UnixMillis::ZERO,
                 caller: Leadership::default(),
                 resumed: BTreeMap::new(),
                 backends: BTreeMap::new(),
@@ -391,7 +395,8 @@ impl Inner {
             keys.push(ACCOUNT.into());
         }
         for key in keys {
-            let Some(&(until, account_wide, receiver)) = self.blocked_until.get(&key) else {
+            let Some(&(until, account_wide, receiver, sent_until)) = self.blocked_until.get(&key)
+            else {
                 continue;
             };
             // Two clocks may each be off by the bound, in opposite directions.
@@ -419,7 +424,7 @@ impl Inner {
                 // A later term, or the same term led again by the receiver's node after a
                 // restart (openraft keeps a committed vote across restarts): a new process
                 // knows only what was committed.
-                !self.wait_committed(&key, until)
+                !self.wait_committed(&key, sent_until)
             } else {
                 false
             };
@@ -445,7 +450,7 @@ impl Inner {
     /// Whether the furthest node's applied state holds a wait for `key` until about `until`:
     /// an open cycle's committed Retry-After (order URLs, and `newOrder` at `Begun`), a closed
     /// cycle's backoff (`newOrder`), or the account's throttle.
-    fn wait_committed(&self, key: &str, until: UnixMillis) -> bool {
+    fn wait_committed(&self, key: &str, sent_until: UnixMillis) -> bool {
         let Some(furthest) = self
             .backends
             .values()
@@ -453,8 +458,11 @@ impl Inner {
         else {
             return false;
         };
-        let floor = UnixMillis(until.0.saturating_sub(2 * self.skew_ms_max));
-        let holds = |at: Option<UnixMillis>| at.is_some_and(|at| at >= floor);
+        // The instant the receiving leader was sent, on its own clock, is what it commits (or
+        // a later one): an earlier, shorter wait is not this one. Comparing true times with the
+        // skew bound as slack took a wait committed a minute before for this one (CI seed
+        // 85693191: 503s a minute apart through a long outage, skew up to 26 s).
+        let holds = |at: Option<UnixMillis>| at.is_some_and(|at| at >= sent_until);
         furthest.state_machine.read(|state| {
             // One issuer in the simulation.
             let throttled = state
@@ -484,8 +492,11 @@ impl Inner {
     }
 
     fn block(&mut self, key: &str, until: UnixMillis, account_wide: bool, true_now: UnixMillis) {
-        self.blocked_until
-            .insert(key.to_owned(), (until, account_wide, self.caller));
+        let sent_until = self.caller_now.plus_ms(until.ms_since(true_now));
+        self.blocked_until.insert(
+            key.to_owned(),
+            (until, account_wide, self.caller, sent_until),
+        );
         self.arrivals.insert(format!("sent {key}"), true_now);
     }
 
@@ -741,6 +752,7 @@ impl SimCa {
             let mut inner = self.inner();
             let inner = &mut *inner;
             inner.caller = caller;
+            inner.caller_now = now;
             if matches!(action, Action::PrepareKey { .. }) {
                 return inner
                     .model
