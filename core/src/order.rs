@@ -44,6 +44,15 @@ pub const POLL_DELAY_MS_MIN: u64 = SECOND_MS;
 /// The longest delay between order polls.
 pub const POLL_DELAY_MS_MAX: u64 = MINUTE_MS;
 
+/// The wait before the `n`-th poll or retry in a row: doubling from [`POLL_DELAY_MS_MIN`],
+/// at most [`POLL_DELAY_MS_MAX`].
+fn growing_delay_ms(n: u32) -> u64 {
+    // 2^6 s already passes the cap.
+    POLL_DELAY_MS_MIN
+        .saturating_mul(1 << n.min(6))
+        .min(POLL_DELAY_MS_MAX)
+}
+
 /// The committed step of an open cycle.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum OrderStep {
@@ -825,9 +834,7 @@ impl OrderDriver {
                     // Poll again later with growing delay, never before the CA's Retry-After
                     // (RFC 8555 §7.4, SIMULATION I9).
                     self.polls += 1;
-                    let delay_ms = POLL_DELAY_MS_MIN
-                        .saturating_mul(1 << self.polls.min(6))
-                        .min(POLL_DELAY_MS_MAX);
+                    let delay_ms = growing_delay_ms(self.polls);
                     self.not_before = now
                         .plus_ms(delay_ms)
                         .max(view.retry_at.unwrap_or(UnixMillis::ZERO));
@@ -921,9 +928,7 @@ impl OrderDriver {
                 if self.ca_retries > limit {
                     self.failure = Some(failure);
                 } else {
-                    let delay_ms = SECOND_MS
-                        .saturating_mul(1 << self.ca_retries.min(16))
-                        .min(POLL_DELAY_MS_MAX);
+                    let delay_ms = growing_delay_ms(self.ca_retries);
                     self.not_before = now
                         .plus_ms(delay_ms)
                         .max(error.retry_at.unwrap_or(UnixMillis::ZERO));

@@ -210,6 +210,8 @@ struct Inner {
     late: Vec<LateCheck>,
     /// Draws of the flaky fault so far.
     flaky_draws: u64,
+    /// `CERTFLEET_SIM_VERBOSE` was set: every call is logged (read once, not at every call).
+    verbose: bool,
 }
 
 impl std::fmt::Debug for SimCa {
@@ -261,6 +263,7 @@ impl SimCa {
                 books: CaBooks::default(),
                 late: Vec::new(),
                 flaky_draws: 0,
+                verbose: std::env::var_os("CERTFLEET_SIM_VERBOSE").is_some(),
             }),
             kill_tx,
         }
@@ -777,7 +780,7 @@ impl SimCa {
                     "ca-down"
                 };
                 *inner.books.faults_fired.entry(class).or_default() += 1;
-                if std::env::var_os("CERTFLEET_SIM_VERBOSE").is_some() {
+                if inner.verbose {
                     eprintln!(
                         "ca +{} ms: 503 to {} ({key})",
                         true_now.ms_since(inner.origin),
@@ -795,7 +798,7 @@ impl SimCa {
                 );
             }
             let flaky = inner.flaky(&action);
-            if std::env::var_os("CERTFLEET_SIM_VERBOSE").is_some() {
+            if inner.verbose {
                 eprintln!(
                     "ca +{} ms: {} {key} from {caller}{}",
                     true_now.ms_since(inner.origin),
@@ -827,7 +830,7 @@ impl SimCa {
                     .position(|(at, _)| *at <= true_now);
                 if let Some(position) = due {
                     let (_, retry_ms) = inner.faults.rate_limited.remove(position);
-                    if std::env::var_os("CERTFLEET_SIM_VERBOSE").is_some() {
+                    if inner.verbose {
                         eprintln!(
                             "ca +{} ms: 429 to {cert} cycle {cycle}, Retry-After {retry_ms} ms",
                             true_now.ms_since(inner.origin)
@@ -940,7 +943,7 @@ impl SimCa {
                         .insert(key, arrival.max(true_now).plus_ms(interval));
                 }
             }
-            if std::env::var_os("CERTFLEET_SIM_VERBOSE").is_some()
+            if inner.verbose
                 && let Action::CreateOrder { cert, cycle, .. } = &action
             {
                 eprintln!(

@@ -3,6 +3,7 @@
 use std::fmt;
 
 use certfleet::mutation::Mutation;
+pub use certfleet_core::time::DAY_MS;
 use certfleet_core::time::mix;
 
 use crate::ca::Window;
@@ -14,8 +15,6 @@ pub const SAFETY_MS: u64 = 60 * 60 * 1000;
 pub const CERT_LIFETIME_MS: u64 = 20 * 60 * 1000;
 /// The standard liveness phase: no faults; certificates must keep renewing (two lifetimes).
 pub const LIVENESS_MS: u64 = 40 * 60 * 1000;
-/// A virtual day.
-pub const DAY_MS: u64 = 24 * 60 * 60 * 1000;
 /// The days mode's safety phase (SIMULATION "A run", step 2: at least 14 virtual days).
 pub const DAYS_SAFETY_MS: u64 = 14 * DAY_MS;
 /// The days mode's faults: this many standard hours' worth, spread over its 14 days.
@@ -124,7 +123,7 @@ pub struct SimOptions {
     /// perspective at its own moment (0: at once): late and repeated validation.
     pub ca_late_validation_ms: u64,
     /// Per mille of CA calls that fail with a 500 (no `Retry-After`) or a connection reset,
-    /// before the CA acts or, where a retry is safe, after it (the response lost).
+    /// before the CA acts or, for a read, after it (the response lost).
     pub ca_flaky_permille: u64,
     /// A known bug switched back on (tests and `--mutation`; never drawn from the seed).
     pub mutation: Option<Mutation>,
