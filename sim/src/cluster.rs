@@ -1249,6 +1249,13 @@ impl Run {
         let node = BasicNode {
             addr: self.hosts[target as usize - 1].addr.to_string(),
         };
+        if !back && !voter {
+            // Drained before it leaves, as an operator would: the leader stops waiting for a
+            // member's acknowledgement as soon as it holds the change, uncommitted, so a node
+            // still behind the load balancer would meet validations for challenges it never
+            // received (CI seed 173665488, with a replaced voter).
+            self.shared.ca.withdraw(target);
+        }
         let mut committed = false;
         for _ in 0..50 {
             let Some(leader) = self.leader() else {
@@ -1302,9 +1309,6 @@ impl Run {
             // it never converged and stayed behind the load balancer with a stale state). Until
             // then it is out of the load balancer, as if the removal had taken.
             self.membership_retry.push((target, voter));
-            if !back && !voter {
-                self.shared.ca.withdraw(target);
-            }
         }
         note!(
             &mut self.trace,
@@ -1320,8 +1324,6 @@ impl Run {
             // were never waited for on it.
             if back && done {
                 self.admit_when_caught_up(target).await;
-            } else if done {
-                self.shared.ca.withdraw(target);
             }
         }
         if done && !back {
@@ -1405,6 +1407,10 @@ impl Run {
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
+        if learner {
+            // The old voter is drained before the swap (see `change_membership`).
+            self.shared.ca.withdraw(target);
+        }
         let mut swapped = false;
         for _ in 0..50 {
             if !learner {
@@ -1458,7 +1464,20 @@ impl Run {
             return;
         }
         if !swapped {
-            // The new host stays: a learner that heal leaves be.
+            // The new host stays: a learner that heal leaves be. The old voter goes back
+            // behind the load balancer if it is still a member (else it stays drained).
+            let member = self.leader().is_some_and(|leader| {
+                leader
+                    .metrics()
+                    .borrow()
+                    .membership_config
+                    .membership()
+                    .nodes()
+                    .any(|(node, _)| *node == target)
+            });
+            if member {
+                self.admit_when_caught_up(target).await;
+            }
             return;
         }
         self.fired("voter-replaced");

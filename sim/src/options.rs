@@ -123,7 +123,7 @@ pub struct SimOptions {
     /// perspective at its own moment (0: at once): late and repeated validation.
     pub ca_late_validation_ms: u64,
     /// Per mille of CA calls that fail with a 500 (no `Retry-After`) or a connection reset,
-    /// before the CA acts or, for a read, after it (the response lost).
+    /// before the CA acts or, where a retry is safe, after it (the response lost).
     pub ca_flaky_permille: u64,
     /// A known bug switched back on (tests and `--mutation`; never drawn from the seed).
     pub mutation: Option<Mutation>,
