@@ -22,8 +22,9 @@ use crate::model::{
 use crate::name::Identifier;
 use crate::time::UnixMillis;
 
-/// The encoding version this build writes and reads.
-pub const WIRE_VERSION: u8 = 1;
+/// The encoding version this build writes and reads (2: accounts carry a key rollover in
+/// progress, and the rollover's three ops).
+pub const WIRE_VERSION: u8 = 2;
 /// The largest encoded command accepted (a certificate chain fits many times over).
 pub const COMMAND_LEN_MAX: usize = 4 * 1024 * 1024;
 /// The most entries in one `CertsDeferred` batch.
@@ -166,6 +167,32 @@ pub enum Op {
         /// No call for this order before this instant.
         until: UnixMillis,
     },
+    /// Begin rolling an issuer's account key: the credentials with the new key, sealed,
+    /// committed before the CA is asked (DESIGN §4). Repeating the same request is accepted.
+    RollAccountKey {
+        /// The issuer.
+        issuer: IssuerId,
+        /// The account's credentials with the new key.
+        credentials: SealedBlob,
+    },
+    /// The CA binds the account to the new key: it becomes the account's key. Published
+    /// challenges of the issuer's open cycles are withdrawn and published again, since their
+    /// key authorizations name the old key.
+    AccountKeyRolled {
+        /// The issuer.
+        issuer: IssuerId,
+        /// The credentials of the rollover (fencing: only the one in progress).
+        credentials: SealedBlob,
+    },
+    /// The CA refused the rollover for good: the account keeps its key.
+    AccountKeyRolloverRefused {
+        /// The issuer.
+        issuer: IssuerId,
+        /// The credentials of the rollover (fencing: only the one in progress).
+        credentials: SealedBlob,
+        /// The CA's reason (at most [`Failure::DETAIL_LEN_MAX`] bytes).
+        detail: String,
+    },
 }
 
 /// Names the cycle an order step belongs to, and the term that proposes it.
@@ -219,6 +246,21 @@ pub struct Failure {
 impl Failure {
     /// Longest detail kept in the log.
     pub const DETAIL_LEN_MAX: usize = 1024;
+
+    /// `detail` cut to [`Failure::DETAIL_LEN_MAX`] bytes on a character boundary.
+    #[must_use]
+    pub fn clip_detail(detail: &str) -> String {
+        clip(detail, Self::DETAIL_LEN_MAX)
+    }
+}
+
+/// `text` cut to at most `len_max` bytes on a character boundary.
+pub(crate) fn clip(text: &str, len_max: usize) -> String {
+    let mut end = text.len().min(len_max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].into()
 }
 
 /// The answer `apply` gives for every entry.
@@ -246,7 +288,10 @@ impl Op {
             Self::PutCert { .. }
             | Self::SetAccount { .. }
             | Self::SetPolicy { .. }
-            | Self::CertsDeferred { .. } => None,
+            | Self::CertsDeferred { .. }
+            | Self::RollAccountKey { .. }
+            | Self::AccountKeyRolled { .. }
+            | Self::AccountKeyRolloverRefused { .. } => None,
             Self::RemoveCert { cert }
             | Self::BeginOrder { cert, .. }
             | Self::ResumeOrder { cert, .. }
@@ -367,9 +412,9 @@ mod tests {
         assert_eq!(decode(&bytes), Ok(sample()));
     }
 
-    /// version 1 | at (varint) | Op variant 4 | "www.example.com" | cycle 3 | term 7 | Scheduled.
+    /// version 2 | at (varint) | Op variant 4 | "www.example.com" | cycle 3 | term 7 | Scheduled.
     const PINNED: &[u8] = &[
-        1, 128, 208, 149, 255, 188, 49, 4, 15, 119, 119, 119, 46, 101, 120, 97, 109, 112, 108, 101,
+        2, 128, 208, 149, 255, 188, 49, 4, 15, 119, 119, 119, 46, 101, 120, 97, 109, 112, 108, 101,
         46, 99, 111, 109, 3, 7, 4,
     ];
 
@@ -393,7 +438,7 @@ mod tests {
             decode(&bytes),
             Err(DecodeError::UnknownVersion {
                 version: 9,
-                supported: 1
+                supported: WIRE_VERSION
             })
         );
     }
@@ -415,7 +460,7 @@ mod tests {
             );
         }
         assert!(matches!(
-            decode(&[1, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]),
+            decode(&[WIRE_VERSION, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]),
             Err(DecodeError::Malformed(_))
         ));
     }
@@ -423,7 +468,7 @@ mod tests {
     #[test]
     fn a_huge_length_field_does_not_allocate_its_claim() {
         // Op::CertsDeferred (variant 13) with a claimed item count of 2^63.
-        let mut bytes = vec![1, 0x80, 0x01, 13];
+        let mut bytes = vec![WIRE_VERSION, 0x80, 0x01, 13];
         bytes.extend_from_slice(&[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f]);
         assert!(matches!(decode(&bytes), Err(DecodeError::Malformed(_))));
     }

@@ -152,6 +152,22 @@ pub struct Account {
     pub credentials: SealedBlob,
     /// Until when the CA asked this account to wait (account-wide 429).
     pub throttled_until: Option<UnixMillis>,
+    /// A key rollover in progress: its new key is committed before the CA hears of it.
+    pub rollover: Option<KeyRollover>,
+}
+
+/// An account key rollover in progress (RFC 8555 §7.3.5, DESIGN §4).
+///
+/// The new key is committed before the CA is asked to bind it, so that a leader dying right
+/// after the CA acted leaves the key the CA now expects in the log: the next leader checks which
+/// key the CA holds and finishes. Until `AccountKeyRolled` the CA may hold either key, so the
+/// planner starts no other work for the issuer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyRollover {
+    /// The account's credentials with the new key, sealed.
+    pub credentials: SealedBlob,
+    /// When the rollover was committed.
+    pub requested_at: UnixMillis,
 }
 
 /// Identifies an interned intermediate chain: SHA-256 over its length-prefixed DER blocks.

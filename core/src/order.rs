@@ -885,7 +885,7 @@ impl OrderDriver {
         let failure = Failure {
             class: classify(error),
             problem: error.problem.clone(),
-            detail: truncate(&error.detail, Failure::DETAIL_LEN_MAX),
+            detail: Failure::clip_detail(&error.detail),
             retry_at: error.retry_at,
             failed_identifiers: Vec::new(),
             account_wide: error.account_wide,
@@ -983,7 +983,7 @@ impl OrderDriver {
                 .retain(|id| record.spec.identifiers.contains(id));
         }
         if let Some(problem) = &mut failure.problem {
-            *problem = truncate(problem, 256);
+            *problem = crate::command::clip(problem, 256);
         }
         self.commit(
             now,
@@ -1063,22 +1063,11 @@ fn permanent(detail: &str) -> Failure {
     Failure {
         class: FailureClass::Permanent,
         problem: None,
-        detail: truncate(detail, Failure::DETAIL_LEN_MAX),
+        detail: Failure::clip_detail(detail),
         retry_at: None,
         failed_identifiers: Vec::new(),
         account_wide: false,
     }
-}
-
-fn truncate(text: &str, len_max: usize) -> String {
-    if text.len() <= len_max {
-        return text.into();
-    }
-    let mut end = len_max;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    text[..end].into()
 }
 
 #[cfg(test)]

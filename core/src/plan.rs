@@ -5,12 +5,12 @@
 //! needs attention ([`schedule`]). A planner tick walks the index only up to `now`, and at most
 //! `scan_per_tick_max` entries, so a million idle certificates cost nothing (SIMULATION I13).
 
-use alloc::collections::BTreeMap;
+use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::string::String;
 use alloc::vec::Vec;
 
 use crate::budget::{BudgetKey, Budgets};
-use crate::model::{CertId, Cycle, IssuerId, Policy, RenewalReason, Term};
+use crate::model::{CertId, Cycle, IssuerId, Policy, RenewalReason, SealedBlob, Term};
 use crate::state::{CertRecord, State, admit, reservations};
 use crate::time::{DAY_MS, MINUTE_MS, UnixMillis, draw_below};
 
@@ -65,6 +65,18 @@ pub enum Intent {
         /// The cycle.
         cycle: Cycle,
     },
+    /// An account key rollover is in progress: make sure the CA holds the new key, then
+    /// commit `AccountKeyRolled` (or `AccountKeyRolloverRefused`). Until then no other intent
+    /// names a certificate of the issuer: the CA may hold either key, and a call signed with
+    /// the other one fails.
+    RollAccountKey {
+        /// The issuer.
+        issuer: IssuerId,
+        /// The account's credentials now.
+        old: SealedBlob,
+        /// The credentials with the new key.
+        new: SealedBlob,
+    },
 }
 
 impl Intent {
@@ -89,7 +101,10 @@ impl Intent {
                 cycle: *cycle,
                 term,
             }),
-            Self::Defer { .. } | Self::Drive { .. } | Self::PollRenewalInfo { .. } => None,
+            Self::Defer { .. }
+            | Self::Drive { .. }
+            | Self::PollRenewalInfo { .. }
+            | Self::RollAccountKey { .. } => None,
         }
     }
 }
@@ -137,7 +152,27 @@ pub fn plan(state: &State, now: UnixMillis, term: Term) -> Plan {
         wake_at: state.due_after(now),
         ..Plan::default()
     };
+    let mut rolling: BTreeSet<&IssuerId> = BTreeSet::new();
+    for (issuer, account) in state.accounts() {
+        if let Some(rollover) = &account.rollover {
+            rolling.insert(issuer);
+            out.intents.push(Intent::RollAccountKey {
+                issuer: issuer.clone(),
+                old: account.credentials.clone(),
+                new: rollover.credentials.clone(),
+            });
+        }
+    }
+    let held = |cert: &CertId| {
+        !rolling.is_empty()
+            && state
+                .cert(cert)
+                .is_some_and(|record| rolling.contains(&record.spec.issuer))
+    };
     for (cert, open) in state.open_cycles() {
+        if held(cert) {
+            continue;
+        }
         // An open cycle of a newer term means this node is no longer leader: leave it.
         if open.term < term {
             out.intents.push(Intent::Resume {
@@ -164,6 +199,10 @@ pub fn plan(state: &State, now: UnixMillis, term: Term) -> Plan {
         let record = state
             .cert(cert)
             .expect("the due index holds only managed certificates");
+        if rolling.contains(&record.spec.issuer) {
+            // Neither scanned nor emitted: the rollover's commit makes the leader plan again.
+            continue;
+        }
         let sched = schedule(cert, record, policy)
             .expect("the due index holds only certificates without an open cycle");
         if sched.renew_at <= now && slots == 0 {

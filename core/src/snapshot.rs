@@ -29,8 +29,8 @@ use crate::state::{CertRecord, InternedChain, State, chain_id};
 use crate::time::UnixMillis;
 
 /// The snapshot format version in the header (2: open cycles carry the CA's committed
-/// `Retry-After`).
-pub const FORMAT_VERSION: u32 = 2;
+/// `Retry-After`; 3: accounts carry a key rollover in progress).
+pub const FORMAT_VERSION: u32 = 3;
 /// The largest frame payload accepted.
 pub const FRAME_LEN_MAX: usize = 4 * 1024 * 1024;
 /// Bytes of frame header (length and CRC).

@@ -21,8 +21,8 @@ use crate::command::{
 use crate::error::Rejection;
 use crate::event::Event;
 use crate::model::{
-    Account, CertId, CertSpec, ChainId, Challenge, Cycle, IssuedCert, IssuerId, Policy,
-    RenewalReason, SealedBlob, Term, URL_LEN_MAX,
+    Account, CertId, CertSpec, ChainId, Challenge, Cycle, IssuedCert, IssuerId, KeyRollover,
+    Policy, RenewalReason, SealedBlob, Term, URL_LEN_MAX,
 };
 use crate::order::{OrderStep, Transition};
 use crate::plan::{retry_at, schedule};
@@ -186,6 +186,11 @@ impl State {
         self.accounts.get(issuer)
     }
 
+    /// Every issuer's account.
+    pub fn accounts(&self) -> impl Iterator<Item = (&IssuerId, &Account)> {
+        self.accounts.iter()
+    }
+
     /// The interned intermediates of a chain.
     #[must_use]
     pub fn chain(&self, id: &ChainId) -> Option<&[Vec<u8>]> {
@@ -324,7 +329,146 @@ impl State {
             } => self.renewal_info_polled(cert, *cycle, *window, *retry_at, *seed, now),
             Op::CertsDeferred { items } => self.certs_deferred(items, now),
             Op::OrderDeferred { step, until } => self.order_deferred(step, *until),
+            Op::RollAccountKey {
+                issuer,
+                credentials,
+            } => self.roll_account_key(issuer, credentials, now),
+            Op::AccountKeyRolled {
+                issuer,
+                credentials,
+            } => self.account_key_rolled(issuer, credentials, events),
+            Op::AccountKeyRolloverRefused {
+                issuer,
+                credentials,
+                detail,
+            } => {
+                if detail.len() > Failure::DETAIL_LEN_MAX {
+                    return Err(invalid(format_args!(
+                        "rollover refusal detail of {} bytes (at most {})",
+                        detail.len(),
+                        Failure::DETAIL_LEN_MAX
+                    )));
+                }
+                self.rollover_in_progress(issuer, credentials)?;
+                if let Some(account) = self.accounts.get_mut(issuer) {
+                    account.rollover = None;
+                }
+                Ok(())
+            }
         }
+    }
+
+    fn roll_account_key(
+        &mut self,
+        issuer: &IssuerId,
+        credentials: &SealedBlob,
+        now: UnixMillis,
+    ) -> Result<(), Rejection> {
+        credentials
+            .check()
+            .map_err(|reason| Rejection::Invalid { reason })?;
+        let account = self
+            .accounts
+            .get_mut(issuer)
+            .ok_or_else(|| Rejection::UnknownIssuer {
+                issuer: issuer.clone(),
+            })?;
+        if account.account_url.is_none() {
+            return Err(invalid(format_args!(
+                "issuer {issuer}'s account is not registered at the CA: nothing to roll"
+            )));
+        }
+        if account.credentials == *credentials {
+            return Err(invalid(format_args!(
+                "issuer {issuer}'s account already uses this key"
+            )));
+        }
+        match &account.rollover {
+            // A client repeating a request whose answer it lost.
+            Some(rollover) if rollover.credentials == *credentials => Ok(()),
+            // Replacing it could strand the key the CA may already hold.
+            Some(rollover) => Err(invalid(format_args!(
+                "issuer {issuer} has a key rollover in progress since {}: it must finish first",
+                rollover.requested_at
+            ))),
+            None => {
+                account.rollover = Some(KeyRollover {
+                    credentials: credentials.clone(),
+                    requested_at: now,
+                });
+                Ok(())
+            }
+        }
+    }
+
+    /// Fencing of a rollover's outcome: only the rollover in progress, with these credentials.
+    fn rollover_in_progress(
+        &self,
+        issuer: &IssuerId,
+        credentials: &SealedBlob,
+    ) -> Result<(), Rejection> {
+        let account = self
+            .accounts
+            .get(issuer)
+            .ok_or_else(|| Rejection::UnknownIssuer {
+                issuer: issuer.clone(),
+            })?;
+        match &account.rollover {
+            Some(rollover) if rollover.credentials == *credentials => Ok(()),
+            Some(_) => Err(invalid(format_args!(
+                "issuer {issuer}'s key rollover in progress has other credentials"
+            ))),
+            None => Err(invalid(format_args!(
+                "issuer {issuer} has no key rollover in progress"
+            ))),
+        }
+    }
+
+    fn account_key_rolled(
+        &mut self,
+        issuer: &IssuerId,
+        credentials: &SealedBlob,
+        events: &mut Vec<Event>,
+    ) -> Result<(), Rejection> {
+        self.rollover_in_progress(issuer, credentials)?;
+        if let Some(account) = self.accounts.get_mut(issuer) {
+            account.credentials = credentials.clone();
+            account.rollover = None;
+        }
+        // Key authorizations name the account key (RFC 8555 §8.1): published ones now answer
+        // for a key the CA no longer holds. Cycles that have not got past their challenges go
+        // back to fetching authorizations, and publish again with the new key.
+        let stale: Vec<CertId> = self
+            .open
+            .iter()
+            .filter(|cert| {
+                self.certs.get(*cert).is_some_and(|record| {
+                    record.spec.issuer == *issuer
+                        && record.open.as_ref().is_some_and(|open| {
+                            matches!(open.step, OrderStep::ChallengesPublished { .. })
+                        })
+                })
+            })
+            .cloned()
+            .collect();
+        for cert in stale {
+            let Some(open) = self.certs.get_mut(&cert).and_then(|r| r.open.as_mut()) else {
+                continue;
+            };
+            let OrderStep::ChallengesPublished { order, challenges } =
+                mem::replace(&mut open.step, OrderStep::Begun)
+            else {
+                unreachable!("filtered on ChallengesPublished above");
+            };
+            open.step = OrderStep::OrderCreated { order };
+            for challenge in challenges {
+                events.push(Event::ChallengeWithdrawn {
+                    cert: cert.clone(),
+                    challenge,
+                });
+            }
+        }
+        Ok(())
     }
 
     fn put_cert(
@@ -432,6 +576,20 @@ impl State {
             .credentials
             .check()
             .map_err(|reason| Rejection::Invalid { reason })?;
+        if account.rollover.is_some() {
+            return Err(invalid(
+                "an account is set without a key rollover (RollAccountKey begins one)",
+            ));
+        }
+        if let Some(old) = self.accounts.get(issuer)
+            && old.rollover.is_some()
+            && old.account_url == account.account_url
+        {
+            // The CA may already hold the new key: dropping it could lock the account out.
+            return Err(invalid(format_args!(
+                "issuer {issuer}'s account has a key rollover in progress: it must finish first"
+            )));
+        }
         self.accounts.insert(issuer.clone(), account.clone());
         Ok(())
     }

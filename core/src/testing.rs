@@ -39,6 +39,7 @@ pub fn account() -> Account {
         contact: alloc::vec!["mailto:ops@example.com".into()],
         credentials: test_sealed_blob(1),
         throttled_until: None,
+        rollover: None,
     }
 }
 
@@ -178,6 +179,11 @@ pub struct ModelCa {
     pub renew_now: Vec<(String, UnixMillis)>,
     /// `newOrder` calls answered with an existing order.
     pub reused_orders: u64,
+    /// Calls refused because they were signed with a key that is not the account's.
+    pub wrong_key_calls: u64,
+    /// The account's keys in the order they were bound, the last one current (empty: keys are
+    /// not checked, every call is taken as signed by the account's one key).
+    keys: Vec<SealedBlob>,
     orders: BTreeMap<String, ModelOrder>,
     /// The last order per identifier set (for order reuse).
     last_order: BTreeMap<String, String>,
@@ -213,6 +219,8 @@ impl ModelCa {
             ari_polls: 0,
             renew_now: Vec::new(),
             reused_orders: 0,
+            wrong_key_calls: 0,
+            keys: Vec::new(),
             orders: BTreeMap::new(),
             last_order: BTreeMap::new(),
             certificates: BTreeMap::new(),
@@ -222,9 +230,73 @@ impl ModelCa {
         }
     }
 
-    /// Performs a CA (or key) action; `None` for actions that are not the CA's.
-    pub fn perform(&mut self, action: &Action, now: UnixMillis) -> Option<Outcome> {
-        let is_ca_call = matches!(
+    /// Binds the account to `key` (its registration): from now on calls name the key that
+    /// signed them ([`ModelCa::perform_signed`]) and key authorizations name that key.
+    pub fn bind_account_key(&mut self, key: &SealedBlob) {
+        self.keys = alloc::vec![key.clone()];
+    }
+
+    /// The key the account is bound to, if keys are checked.
+    #[must_use]
+    pub fn account_key(&self) -> Option<&SealedBlob> {
+        self.keys.last()
+    }
+
+    /// Every key the account was bound to, the last one current.
+    #[must_use]
+    pub fn account_keys(&self) -> &[SealedBlob] {
+        &self.keys
+    }
+
+    /// The `keyChange` request (RFC 8555 §7.3.5), signed with `old` around `new`: `Ok` when
+    /// the account is bound to `new` afterwards (now, or already: a repeated request after a
+    /// lost response), `Err` with the CA's reason when it refuses.
+    pub fn roll_account_key(&mut self, old: &SealedBlob, new: &SealedBlob) -> Result<(), String> {
+        match self.keys.last() {
+            Some(current) if current == new => Ok(()),
+            Some(current) if current == old => {
+                if self.keys.contains(new) {
+                    return Err("the new key was this account's before".into());
+                }
+                self.keys.push(new.clone());
+                Ok(())
+            }
+            Some(_) => Err("the request is signed with a key that is not the account's".into()),
+            None => Err("no account key is bound".into()),
+        }
+    }
+
+    /// The thumbprint stand-in of `key`: one per key generation (`thumbprint` for the first,
+    /// so runs without a rollover answer as before keys were modelled).
+    fn thumbprint(&self, key: Option<&SealedBlob>) -> String {
+        match key.and_then(|key| self.keys.iter().position(|k| k == key)) {
+            None | Some(0) => "thumbprint".into(),
+            Some(generation) => format!("thumbprint{generation}"),
+        }
+    }
+
+    /// [`ModelCa::perform`] for a call signed with `key`: a CA call signed with a key that is
+    /// not the account's is refused (`unauthorized`), as a CA verifying the JWS would.
+    pub fn perform_signed(
+        &mut self,
+        action: &Action,
+        key: &SealedBlob,
+        now: UnixMillis,
+    ) -> Option<Outcome> {
+        if Self::is_ca_call(action) && self.keys.last().is_some_and(|current| current != key) {
+            self.wrong_key_calls += 1;
+            return Some(Outcome::Failed(error(
+                401,
+                "unauthorized",
+                "JWS signed with a key that is not the account's",
+                None,
+            )));
+        }
+        self.perform_with(action, Some(key), now)
+    }
+
+    fn is_ca_call(action: &Action) -> bool {
+        matches!(
             action,
             Action::CreateOrder { .. }
                 | Action::FetchOrder { .. }
@@ -232,7 +304,22 @@ impl ModelCa {
                 | Action::MarkReady { .. }
                 | Action::Finalize { .. }
                 | Action::Download { .. }
-        );
+        )
+    }
+
+    /// Performs a CA (or key) action; `None` for actions that are not the CA's.
+    pub fn perform(&mut self, action: &Action, now: UnixMillis) -> Option<Outcome> {
+        let key = self.keys.last().cloned();
+        self.perform_with(action, key.as_ref(), now)
+    }
+
+    fn perform_with(
+        &mut self,
+        action: &Action,
+        key: Option<&SealedBlob>,
+        now: UnixMillis,
+    ) -> Option<Outcome> {
+        let is_ca_call = Self::is_ca_call(action);
         if is_ca_call && self.faults.unavailable > 0 {
             self.faults.unavailable -= 1;
             return Some(Outcome::Failed(error(
@@ -244,7 +331,7 @@ impl ModelCa {
         }
         Some(match action {
             Action::CreateOrder { identifiers, .. } => self.create_order(identifiers, now),
-            Action::FetchAuthorizations { urls, .. } => self.authorizations(urls),
+            Action::FetchAuthorizations { urls, .. } => self.authorizations(urls, key),
             Action::MarkReady { urls, .. } => self.mark_ready(urls),
             Action::FetchOrder { order_url } => match self.orders.get_mut(order_url) {
                 Some(order) => {
@@ -270,12 +357,13 @@ impl ModelCa {
         })
     }
 
-    /// The token and key authorization a node must answer for `challenge_url`.
+    /// The token and key authorization a node must answer for `challenge_url` now: the key
+    /// authorization names the account's current key (RFC 8555 §8.1).
     #[must_use]
-    pub fn expected_answer(challenge_url: &str) -> (String, String) {
+    pub fn expected_answer(&self, challenge_url: &str) -> (String, String) {
         let authz_url = challenge_url.split("/chall/").next().unwrap_or_default();
         let token = challenge_token(authz_url);
-        let key_authorization = format!("{token}.thumbprint");
+        let key_authorization = format!("{token}.{}", self.thumbprint(self.keys.last()));
         (token, key_authorization)
     }
 
@@ -378,7 +466,10 @@ impl ModelCa {
         }
     }
 
-    fn authorizations(&self, urls: &[String]) -> Outcome {
+    /// The authorizations at `urls`, with key authorizations as the client signing with `key`
+    /// computes them.
+    fn authorizations(&self, urls: &[String], key: Option<&SealedBlob>) -> Outcome {
+        let thumbprint = self.thumbprint(key);
         let mut views = Vec::new();
         for url in urls {
             let Some(order_url) = url.split("/authz/").next() else {
@@ -402,7 +493,7 @@ impl ModelCa {
                 kind,
                 url: format!("{url}/chall/{kind}"),
                 token: token.clone(),
-                key_authorization: format!("{token}.thumbprint"),
+                key_authorization: format!("{token}.{thumbprint}"),
             })
             .collect();
             views.push(AuthzView {
@@ -609,10 +700,9 @@ impl Harness {
             seed,
         };
         let issuer = IssuerId::parse(ISSUER).expect("valid");
-        let response = harness.commit(Op::SetAccount {
-            issuer,
-            account: account(),
-        });
+        let account = account();
+        harness.ca.bind_account_key(&account.credentials);
+        let response = harness.commit(Op::SetAccount { issuer, account });
         assert_eq!(response, Response::Accepted);
         harness
     }
@@ -691,6 +781,23 @@ impl Harness {
                         retry_at: None,
                         seed,
                     });
+                }
+                Intent::RollAccountKey { issuer, old, new } => {
+                    // As the node driver: the issuer's cycles stop while the CA may hold
+                    // either key, and are driven again from their committed steps after.
+                    self.drivers.clear();
+                    let op = match self.ca.roll_account_key(&old, &new) {
+                        Ok(()) => Op::AccountKeyRolled {
+                            issuer,
+                            credentials: new,
+                        },
+                        Err(detail) => Op::AccountKeyRolloverRefused {
+                            issuer,
+                            credentials: new,
+                            detail,
+                        },
+                    };
+                    self.commit(op);
                 }
             }
         }
@@ -778,7 +885,16 @@ impl Harness {
                     self.drivers.remove(cert);
                     return None;
                 }
-                other => self.ca.perform(&other, self.now).expect("a CA action"),
+                other => {
+                    let key = self
+                        .state
+                        .account(&IssuerId::parse(ISSUER).expect("valid"))
+                        .map(|account| account.credentials.clone())
+                        .expect("the harness registers its account");
+                    self.ca
+                        .perform_signed(&other, &key, self.now)
+                        .expect("a CA action")
+                }
             };
             let driver = self.drivers.get_mut(cert)?;
             driver.handle_outcome(self.now, outcome);
@@ -853,5 +969,94 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn an_account_key_rolls_over_through_a_leader_dying_after_the_ca_acted() {
+        let start = UnixMillis(1_700_000_000_000);
+        let mut h = Harness::new(3, start, 6 * DAY_MS);
+        let issuer = IssuerId::parse(ISSUER).expect("valid");
+        h.add(&["a.example.com", "b.example.com"]);
+        h.run_until(start.plus_ms(DAY_MS));
+        assert_eq!(h.stats.issued, 2);
+        let old = account().credentials;
+        let first = sealed(41);
+        assert!(
+            h.commit(Op::RollAccountKey {
+                issuer: issuer.clone(),
+                credentials: first.clone(),
+            })
+            .is_accepted()
+        );
+        // The leader asks the CA, which binds the new key, and dies before committing it.
+        h.ca.roll_account_key(&old, &first)
+            .expect("the CA holds the old key");
+        h.change_leader();
+        // Its successor asks again: the CA already holds the new key, which is what counts.
+        h.run_until(start.plus_ms(2 * DAY_MS));
+        let account = h.state.account(&issuer).expect("registered");
+        assert_eq!(account.credentials, first);
+        assert_eq!(account.rollover, None);
+        assert_eq!(h.ca.account_key(), Some(&first));
+        // A second rollover, then renewals for weeks: every call is signed with the key the CA
+        // holds, and the certificates stay valid.
+        let second = sealed(42);
+        assert!(
+            h.commit(Op::RollAccountKey {
+                issuer: issuer.clone(),
+                credentials: second.clone(),
+            })
+            .is_accepted()
+        );
+        for day in 3..=20 {
+            h.run_until(start.plus_ms(day * DAY_MS));
+            for (id, record) in h.records() {
+                assert!(
+                    record.current.as_ref().is_some_and(|c| c.not_after > h.now),
+                    "{id} expired on day {day}"
+                );
+            }
+        }
+        assert_eq!(h.ca.account_key(), Some(&second));
+        assert_eq!(
+            h.state.account(&issuer).map(|a| &a.credentials),
+            Some(&second)
+        );
+        assert_eq!(h.ca.wrong_key_calls, 0);
+        assert!(h.stats.issued >= 2 + 2 * 5, "{:?}", h.stats);
+        // A key the CA no longer holds is refused, as a CA verifying signatures does.
+        let refused = h.ca.perform_signed(
+            &Action::FetchOrder {
+                order_url: "https://acme.test/order/1".into(),
+            },
+            &old,
+            h.now,
+        );
+        assert!(
+            matches!(
+                refused,
+                Some(Outcome::Failed(CaError {
+                    status: Some(401),
+                    ..
+                }))
+            ),
+            "{refused:?}"
+        );
+        // Rolling back to a key the account had before is refused, and the account keeps its key.
+        assert!(
+            h.commit(Op::RollAccountKey {
+                issuer: issuer.clone(),
+                credentials: first.clone(),
+            })
+            .is_accepted()
+        );
+        h.run_until(h.now.plus_ms(HOUR_MS));
+        assert_eq!(
+            h.state
+                .account(&issuer)
+                .map(|a| (&a.credentials, &a.rollover)),
+            Some((&second, &None))
+        );
+        assert_eq!(h.ca.account_key(), Some(&second));
     }
 }

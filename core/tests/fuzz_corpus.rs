@@ -46,7 +46,7 @@ fn the_command_corpus_holds_a_decodable_seed_for_every_op_variant() {
     );
 }
 
-const VARIANTS: usize = 15;
+const VARIANTS: usize = 18;
 
 /// Exhaustive on purpose: a new `Op` variant fails to compile here until it is given an index
 /// (and then the test above asks for a seed of it).
@@ -67,6 +67,9 @@ fn variant(op: &Op) -> usize {
         Op::RenewalInfoPolled { .. } => 12,
         Op::CertsDeferred { .. } => 13,
         Op::OrderDeferred { .. } => 14,
+        Op::RollAccountKey { .. } => 15,
+        Op::AccountKeyRolled { .. } => 16,
+        Op::AccountKeyRolloverRefused { .. } => 17,
     }
 }
 

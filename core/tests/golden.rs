@@ -244,6 +244,9 @@ impl Scenario {
                     ari_id,
                 } => writeln!(out, "poll-ari {cert} cycle={cycle} id={ari_id}"),
                 Intent::Resume { cert, cycle } => writeln!(out, "resume {cert} cycle={cycle}"),
+                Intent::RollAccountKey { issuer, .. } => {
+                    writeln!(out, "roll-account-key {issuer}")
+                }
             }
             .unwrap();
         }

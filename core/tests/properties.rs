@@ -47,7 +47,7 @@ struct Choice {
 
 fn choice() -> impl Strategy<Value = Choice> {
     (
-        0u8..15,
+        0u8..18,
         0u8..4,
         prop::bool::weighted(0.85),
         any::<u8>(),
@@ -222,6 +222,32 @@ fn materialize(state: &State, c: &Choice) -> Op {
             step,
             until: state.clock().plus_ms(c.seed % HOUR_MS),
         },
+        15..=17 => {
+            let issuer = IssuerId::parse(ISSUER).unwrap();
+            let pending = state
+                .account(&issuer)
+                .and_then(|a| a.rollover.as_ref())
+                .map(|r| r.credentials.clone());
+            let credentials = match pending {
+                Some(pending) if c.plausible && kind != 15 => pending,
+                _ => sealed(c.pick),
+            };
+            match kind {
+                15 => Op::RollAccountKey {
+                    issuer,
+                    credentials,
+                },
+                16 => Op::AccountKeyRolled {
+                    issuer,
+                    credentials,
+                },
+                _ => Op::AccountKeyRolloverRefused {
+                    issuer,
+                    credentials,
+                    detail: "refused".into(),
+                },
+            }
+        }
         _ => {
             let count = 1 + u32::from(c.pick % 4);
             let rate = certfleet_core::budget::Rate {
@@ -366,8 +392,19 @@ proptest! {
         let plan = plan(&state, now, Term(term));
         let in_flight_max = state.policy().orders_in_flight_max as usize;
         let mut opened = 0;
+        // One issuer: while its key rolls, the CA may hold either key, so nothing else is planned.
+        let rolling = state.accounts().any(|(_, a)| a.rollover.is_some());
         for intent in &plan.intents {
+            prop_assert!(
+                !rolling || matches!(intent, Intent::RollAccountKey { .. }),
+                "{:?} planned during a key rollover", intent
+            );
             match intent {
+                Intent::RollAccountKey { issuer, old, new } => {
+                    let account = state.account(issuer).unwrap();
+                    prop_assert_eq!(&account.credentials, old);
+                    prop_assert_eq!(account.rollover.as_ref().map(|r| &r.credentials), Some(new));
+                }
                 Intent::NewOrder { cert, cycle, reason } => {
                     prop_assert!(state.cert(cert).unwrap().open.is_none(), "new order for {} with an open cycle", cert);
                     let op = Op::BeginOrder { cert: cert.clone(), cycle: *cycle, term: Term(term), reason: *reason };

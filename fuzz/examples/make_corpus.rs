@@ -13,7 +13,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use certfleet_core::command::{AriWindow, Failure, FailureClass, Op, StepRef, encode};
+use certfleet_core::command::{AriWindow, Failure, FailureClass, Op, StepRef, WIRE_VERSION, encode};
 use certfleet_core::model::{CertRequest, CertSpec, ChallengeKind, IssuerId, Policy, Profile, RenewalReason};
 use certfleet_core::name::Identifier;
 use certfleet_core::snapshot::{FRAME_HEADER_LEN, SnapshotReader, SnapshotWriter};
@@ -164,20 +164,27 @@ fn command_seeds() -> Seeds {
     let deferred = |name, term, until| Op::OrderDeferred { step: step(name, term), until };
     add(&mut seeds, "order-deferred", at(deferred(s2, term, now.plus_ms(MINUTE_MS))));
     add(&mut seeds, "order-deferred-stale-term", at(deferred(s2, Term(0), now.plus_ms(MINUTE_MS))));
+    let le = issuer(testing::ISSUER);
+    add(&mut seeds, "roll-account-key", at(Op::RollAccountKey { issuer: le.clone(), credentials: testing::sealed(61) }));
+    add(&mut seeds, "roll-account-key-unknown-issuer", at(Op::RollAccountKey { issuer: issuer("zerossl"), credentials: testing::sealed(61) }));
+    add(&mut seeds, "account-key-rolled-none-in-progress", at(Op::AccountKeyRolled { issuer: le.clone(), credentials: testing::sealed(61) }));
+    let refused = Op::AccountKeyRolloverRefused { issuer: le, credentials: testing::sealed(61), detail: "keyChange is not offered".into() };
+    add(&mut seeds, "account-key-rollover-refused", at(refused));
 
     // Deliberately corrupt.
     let good = seeds["put-cert-new"].clone();
     add(&mut seeds, "bad-empty", Vec::new());
     add(&mut seeds, "bad-version-0", with_byte(&good, 0, 0));
-    add(&mut seeds, "bad-version-2", with_byte(&good, 0, 2));
+    add(&mut seeds, "bad-version-1", with_byte(&good, 0, 1));
+    add(&mut seeds, "bad-version-3", with_byte(&good, 0, 3));
     add(&mut seeds, "bad-trailing-byte", [good.as_slice(), &[0]].concat());
     add(&mut seeds, "bad-truncated", good[..good.len() / 2].to_vec());
-    // version | at = 0x80 0x01 | variant 14 (one past the last).
-    add(&mut seeds, "bad-unknown-variant", vec![1, 0x80, 0x01, 14]);
+    // version | at = 0x80 0x01 | variant 18 (one past the last).
+    add(&mut seeds, "bad-unknown-variant", vec![WIRE_VERSION, 0x80, 0x01, 18]);
     // CertsDeferred claiming 2^63 items (core's own `a_huge_length_field_does_not_allocate_its_claim`).
-    add(&mut seeds, "bad-huge-length", vec![1, 0x80, 0x01, 13, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f]);
+    add(&mut seeds, "bad-huge-length", vec![WIRE_VERSION, 0x80, 0x01, 13, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f]);
     // An 11-byte varint where a u64 fits in 10.
-    add(&mut seeds, "bad-overlong-varint", vec![1, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01, 1]);
+    add(&mut seeds, "bad-overlong-varint", vec![WIRE_VERSION, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01, 1]);
     let bad_utf8 = replace(&seeds["remove-cert-issued"], b"a.example", b"a\xffexample");
     add(&mut seeds, "bad-utf8-cert-id", bad_utf8);
     let plaintext = replace(&seeds["set-account-replace"], b"cfs1", b"MIGH");

@@ -145,7 +145,7 @@ fn check_state(state: &State) {
     assert_eq!(emptied.cert_count(), 0);
 }
 
-/// Recomputes every complete frame's CRC-32 and, in a footer-shaped frame (version 1, variant 5,
+/// Recomputes every complete frame's CRC-32 and, in a footer-shaped frame (the wire version, variant 5,
 /// count, 32-byte digest), the digest over the payloads before it. Stops at the first frame whose
 /// length exceeds the limit or the input.
 #[must_use]

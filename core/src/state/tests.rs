@@ -1469,3 +1469,155 @@ fn renewals_are_exempt_from_the_per_domain_budget_but_not_the_per_set_one() {
         "{err}"
     );
 }
+
+fn roll(credentials: SealedBlob) -> Op {
+    Op::RollAccountKey {
+        issuer: issuer(),
+        credentials,
+    }
+}
+
+fn rolled(credentials: SealedBlob) -> Op {
+    Op::AccountKeyRolled {
+        issuer: issuer(),
+        credentials,
+    }
+}
+
+#[test]
+fn a_key_rollover_is_committed_then_finished_by_the_same_credentials_only() {
+    let mut state = with_cert();
+    let new = sealed(7);
+    assert!(ok(&mut state, T0, roll(new.clone())).is_empty());
+    let rollover = state.account(&issuer()).unwrap().rollover.clone().unwrap();
+    assert_eq!(rollover.credentials, new);
+    assert_eq!(rollover.requested_at, T0);
+    // A client repeating its request after losing the answer: accepted, nothing changes.
+    let digest = state.digest();
+    ok(&mut state, T0, roll(new.clone()));
+    assert_eq!(state.digest(), digest);
+    // Another key while one is in progress could strand the key the CA may already hold.
+    assert_invalid(&mut state, roll(sealed(8)), "in progress");
+    // So could setting the account again.
+    assert_invalid(
+        &mut state,
+        Op::SetAccount {
+            issuer: issuer(),
+            account: account(),
+        },
+        "in progress",
+    );
+    // Only the rollover in progress finishes.
+    assert_invalid(&mut state, rolled(sealed(8)), "other credentials");
+    ok(&mut state, T0, rolled(new.clone()));
+    let finished = state.account(&issuer()).unwrap();
+    assert_eq!(finished.credentials, new);
+    assert_eq!(finished.rollover, None);
+    // A late duplicate of the outcome (a deposed leader's retry) is refused, harmlessly.
+    assert_invalid(
+        &mut state,
+        rolled(new.clone()),
+        "no key rollover in progress",
+    );
+    assert_invalid(&mut state, roll(new), "already uses this key");
+}
+
+#[test]
+fn a_refused_rollover_keeps_the_key_and_bad_rollovers_are_named() {
+    let mut state = with_cert();
+    let old = state.account(&issuer()).unwrap().credentials.clone();
+    ok(&mut state, T0, roll(sealed(7)));
+    let refused = |credentials, detail: &str| Op::AccountKeyRolloverRefused {
+        issuer: issuer(),
+        credentials,
+        detail: detail.into(),
+    };
+    assert_invalid(
+        &mut state,
+        refused(sealed(7), &"x".repeat(Failure::DETAIL_LEN_MAX + 1)),
+        "detail",
+    );
+    assert_invalid(&mut state, refused(sealed(8), "no"), "other credentials");
+    ok(&mut state, T0, refused(sealed(7), "keyChange not offered"));
+    let kept = state.account(&issuer()).unwrap();
+    assert_eq!(kept.credentials, old);
+    assert_eq!(kept.rollover, None);
+    // Nothing to roll to in clear, for an issuer without an account, or before registration.
+    assert_invalid(&mut state, roll(serde_plaintext_blob()), "plaintext");
+    let other = IssuerId::parse("zerossl").unwrap();
+    assert_eq!(
+        rejected(
+            &mut state,
+            T0,
+            Op::RollAccountKey {
+                issuer: other.clone(),
+                credentials: sealed(7)
+            }
+        ),
+        Rejection::UnknownIssuer { issuer: other }
+    );
+    let mut unregistered = account();
+    unregistered.account_url = None;
+    ok(
+        &mut state,
+        T0,
+        Op::SetAccount {
+            issuer: issuer(),
+            account: unregistered.clone(),
+        },
+    );
+    assert_invalid(&mut state, roll(sealed(7)), "not registered");
+    // An account cannot arrive with a rollover in it: RollAccountKey is the one way in.
+    unregistered.rollover = Some(KeyRollover {
+        credentials: sealed(7),
+        requested_at: T0,
+    });
+    assert_invalid(
+        &mut state,
+        Op::SetAccount {
+            issuer: issuer(),
+            account: unregistered,
+        },
+        "without a key rollover",
+    );
+}
+
+#[test]
+fn a_rolled_key_withdraws_published_challenges_to_be_published_again() {
+    // Key authorizations name the account key: published ones are stale once the key rolls.
+    let mut state = at_step(StepName::ChallengesPublished);
+    let published = open_cycle(&state).step.challenges().to_vec();
+    assert!(!published.is_empty());
+    ok(&mut state, T0, roll(sealed(7)));
+    let events = ok(&mut state, T0, rolled(sealed(7)));
+    let withdrawn: Vec<Challenge> = events
+        .into_iter()
+        .map(|event| match event {
+            Event::ChallengeWithdrawn { challenge, .. } => challenge,
+            other => panic!("unexpected {other:?}"),
+        })
+        .collect();
+    assert_eq!(withdrawn, published);
+    let open = open_cycle(&state);
+    assert_eq!(open.step.name(), StepName::OrderCreated);
+    assert_eq!(
+        open.step.order().map(|o| o.url.as_str()),
+        Some("https://acme.test/order/1"),
+        "the same order goes on"
+    );
+    assert_eq!(state.challenges().count(), 0);
+    // The cycle publishes again, with the new key's answers, under the same term.
+    ok(
+        &mut state,
+        T0,
+        Op::ChallengesPublished {
+            step: step("www.example.com", 1, 1),
+            challenges: vec![challenge("www.example.com", "tok-new")],
+        },
+    );
+    // A cycle past its challenges (the CA validated them) keeps going untouched.
+    let mut state = at_step(StepName::KeyPrepared);
+    ok(&mut state, T0, roll(sealed(7)));
+    assert!(ok(&mut state, T0, rolled(sealed(7))).is_empty());
+    assert_eq!(open_cycle(&state).step.name(), StepName::KeyPrepared);
+}
