@@ -11,8 +11,10 @@ use certfleet_core::order::{Action, CaError, Outcome};
 use certfleet_core::{Command, UnixMillis};
 use openraft::Raft;
 
-use crate::acme::{AcmeClient, AcmeOptions, KeySealer, Transport, describe};
-use crate::node::Acme;
+use crate::acme::{
+    AcmeClient, AcmeError, AcmeOptions, KeyChangeOutcome, KeySealer, Transport, describe,
+};
+use crate::node::{Acme, RolloverOutcome};
 use crate::raft::StateMachineStore;
 use crate::raft::network;
 use crate::raft::types::TypeConfig;
@@ -30,7 +32,7 @@ pub struct CaEndpoint {
 }
 
 impl CaEndpoint {
-    fn transport(&self) -> Result<Transport, crate::acme::AcmeError> {
+    fn transport(&self) -> Result<Transport, AcmeError> {
         Transport::for_directory(&self.directory_url, self.root_pem.clone())
     }
 }
@@ -86,6 +88,7 @@ pub async fn register_with(
         contact: contact.iter().map(|c| (*c).to_owned()).collect(),
         credentials: sealer.seal(credentials.as_bytes()),
         throttled_until: None,
+        rollover: None,
     };
     let command = Command {
         at: now,
@@ -99,6 +102,54 @@ pub async fn register_with(
     } else {
         Err(format!(
             "the cluster refused the account: {:?}",
+            written.response
+        ))
+    }
+}
+
+/// Begins rolling `issuer`'s account key (RFC 8555 §7.3.5): a fresh key for the committed
+/// account, sealed, committed through `raft` as `RollAccountKey` before the CA hears of it.
+/// The leader's driver then has the CA bind it and commits the outcome; a leader dying at any
+/// point leaves the new key in the log for the next one to finish with (DESIGN §4).
+pub async fn begin_key_rollover(
+    raft: &Raft<TypeConfig>,
+    state_machine: &StateMachineStore,
+    issuer: IssuerId,
+    sealer: &KeySealer,
+    now: UnixMillis,
+) -> Result<SealedBlob, String> {
+    let account = state_machine
+        .read(|state| state.account(&issuer).cloned())
+        .ok_or_else(|| format!("no account is committed for issuer {issuer}"))?;
+    if let Some(rollover) = &account.rollover {
+        return Err(format!(
+            "issuer {issuer} has a key rollover in progress since {}: it must finish first",
+            rollover.requested_at
+        ));
+    }
+    let json = sealer
+        .open(&account.credentials)
+        .map_err(|error| format!("open the account credentials of {issuer}: {error}"))?;
+    let json = std::str::from_utf8(&json)
+        .map_err(|_| format!("the account credentials of {issuer} are not UTF-8 JSON"))?;
+    let fresh = crate::acme::credentials_with_new_key(json)
+        .map_err(|error| format!("make a new key for {issuer}'s account: {error}"))?;
+    let credentials = sealer.seal(fresh.as_bytes());
+    let command = Command {
+        at: now,
+        op: Op::RollAccountKey {
+            issuer,
+            credentials: credentials.clone(),
+        },
+    };
+    let written = network::write(raft, command, Duration::from_secs(10))
+        .await
+        .map_err(|error| format!("commit the key rollover: {error}"))?;
+    if written.response.is_accepted() {
+        Ok(credentials)
+    } else {
+        Err(format!(
+            "the cluster refused the key rollover: {:?}",
             written.response
         ))
     }
@@ -160,14 +211,29 @@ impl ClusterAcme {
         }
     }
 
+    fn transport(&self) -> Result<Transport, CaError> {
+        match &self.transport {
+            Some(make) => Ok(make()),
+            None => self
+                .ca
+                .transport()
+                .map_err(|error| local_failure(format!("reach the CA: {error}"))),
+        }
+    }
+
+    /// The credentials JSON inside `blob`.
+    fn open(&self, blob: &SealedBlob) -> Result<zeroize::Zeroizing<String>, CaError> {
+        let json = self
+            .sealer
+            .open(blob)
+            .map_err(|error| local_failure(format!("open the account credentials: {error}")))?;
+        String::from_utf8(json.to_vec())
+            .map(zeroize::Zeroizing::new)
+            .map_err(|_| local_failure("the account credentials are not UTF-8 JSON".into()))
+    }
+
     async fn client(&self, now: UnixMillis) -> Result<Arc<AcmeClient>, CaError> {
-        let failed = |detail: String| CaError {
-            status: None,
-            problem: None,
-            detail,
-            retry_at: None,
-            account_wide: true,
-        };
+        let failed = local_failure;
         let committed = self
             .state_machine
             .read(|state| state.account(&self.issuer).map(|a| a.credentials.clone()))
@@ -183,22 +249,10 @@ impl ClusterAcme {
         {
             return Ok(client.clone());
         }
-        let json = self
-            .sealer
-            .open(&committed)
-            .map_err(|error| failed(format!("open the account credentials: {error}")))?;
-        let json = std::str::from_utf8(&json)
-            .map_err(|_| failed("the account credentials are not UTF-8 JSON".into()))?;
-        let transport = match &self.transport {
-            Some(make) => make(),
-            None => self
-                .ca
-                .transport()
-                .map_err(|error| failed(format!("reach the CA: {error}")))?,
-        };
+        let json = self.open(&committed)?;
         let client = AcmeClient::from_credentials(
-            transport,
-            json,
+            self.transport()?,
+            &json,
             self.sealer.clone(),
             &self.ca.options,
             now,
@@ -227,5 +281,52 @@ impl Acme for ClusterAcme {
 
     async fn renewal_info(&self, ari_id: &str, now: UnixMillis) -> Option<AriWindow> {
         self.client(now).await.ok()?.renewal_info(ari_id, now).await
+    }
+
+    async fn roll_account_key(
+        &self,
+        old: SealedBlob,
+        new: SealedBlob,
+        now: UnixMillis,
+    ) -> RolloverOutcome {
+        let new = match self.open(&new) {
+            Ok(new) => new,
+            // Committed credentials this node cannot open never will be (another data key):
+            // retrying would hold the issuer's renewals for good.
+            Err(error) => return RolloverOutcome::Refused(error.detail),
+        };
+        let attempt = async {
+            let old = self.open(&old)?;
+            Ok::<_, CaError>(
+                crate::acme::roll_account_key(self.transport()?, &old, &new, &self.ca.options, now)
+                    .await,
+            )
+        };
+        match attempt.await {
+            Ok(Ok(KeyChangeOutcome::Rolled)) => RolloverOutcome::Rolled,
+            Ok(Ok(KeyChangeOutcome::Refused(detail))) => RolloverOutcome::Refused(detail),
+            // Credentials that cannot be read never will be: retrying would hold the issuer's
+            // renewals for good. Nothing was sent to the CA with them.
+            Ok(Err(error @ AcmeError::Credentials(_))) => {
+                RolloverOutcome::Refused(format!("the new credentials are unusable: {error}"))
+            }
+            Ok(Err(error)) => RolloverOutcome::Failed(match error.ca() {
+                Some(ca) => ca.clone(),
+                None => local_failure(format!("roll the account key: {error}")),
+            }),
+            Err(error) => RolloverOutcome::Failed(error),
+        }
+    }
+}
+
+/// A failure on this side of the CA (credentials, transport set-up); it holds every call of
+/// the account.
+fn local_failure(detail: String) -> CaError {
+    CaError {
+        status: None,
+        problem: None,
+        detail,
+        retry_at: None,
+        account_wide: true,
     }
 }

@@ -16,8 +16,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use certfleet_core::command::{AriWindow, Op};
-use certfleet_core::order::{Action, OrderDriver, Outcome};
+use certfleet_core::command::{AriWindow, Failure, Op};
+use certfleet_core::model::{IssuerId, SealedBlob};
+use certfleet_core::order::{Action, CaError, OrderDriver, OrderStatus, Outcome};
 use certfleet_core::time::mix;
 use certfleet_core::{CertId, Command, Intent, Response, Term, UnixMillis, plan};
 use openraft::Raft;
@@ -58,6 +59,41 @@ pub trait Acme: Send + Sync + 'static {
         ari_id: &str,
         now: UnixMillis,
     ) -> impl Future<Output = Option<AriWindow>> + Send;
+    /// Makes sure the CA binds the account to the key of `new` (RFC 8555 §7.3.5), the account
+    /// signing with `old` until then. Called again after any failure or crash, so it must
+    /// find out first whether the CA already did.
+    fn roll_account_key(
+        &self,
+        old: SealedBlob,
+        new: SealedBlob,
+        now: UnixMillis,
+    ) -> impl Future<Output = RolloverOutcome> + Send;
+}
+
+/// What became of an account key rollover at the CA.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RolloverOutcome {
+    /// The CA binds the account to the new key.
+    Rolled,
+    /// The CA refused for good; the account keeps its key.
+    Refused(String),
+    /// Not known to have happened (transport, 5xx, 429): try again later.
+    Failed(CaError),
+}
+
+/// How long a key rollover waits, per planner tick, for the cycle tasks to stop.
+const ROLLOVER_DRAIN: Duration = Duration::from_secs(30);
+
+/// Retries of a failed key rollover: doubling from a second to a minute, or the CA's
+/// `Retry-After` if later.
+const ROLLOVER_RETRY_MS_MIN: u64 = 1_000;
+const ROLLOVER_RETRY_MS_MAX: u64 = 60_000;
+
+/// Failed key rollover attempts in a row under this leadership, and when to try again.
+#[derive(Debug, Default)]
+struct RolloverPacing {
+    failures: u32,
+    next_at: UnixMillis,
 }
 
 /// Knobs of the driver.
@@ -227,6 +263,10 @@ impl<C: Clock, A: Acme> NodeDriver<C, A> {
             return;
         }
         let mut cycles: BTreeMap<CertId, JoinHandle<()>> = BTreeMap::new();
+        let mut rollover = RolloverPacing::default();
+        // Set while an account key rollover waits for the cycle tasks to stop (see
+        // `CycleTask::drive`): one driver serves one issuer, so it holds every task.
+        let (hold, held) = tokio::sync::watch::channel(false);
         loop {
             let metrics = self.node.raft.metrics().borrow().clone();
             if metrics.current_leader != Some(id) || metrics.current_term != term {
@@ -239,6 +279,14 @@ impl<C: Clock, A: Acme> NodeDriver<C, A> {
                 .state_machine
                 .read(|state| plan(state, now, Term(term)));
             self.record_tick(&tick);
+            if !tick
+                .intents
+                .iter()
+                .any(|intent| matches!(intent, Intent::RollAccountKey { .. }))
+            {
+                // No rollover in progress (any more): tasks started from now on run freely.
+                hold.send_if_modified(|held| std::mem::replace(held, false));
+            }
             let mut deferred = Vec::new();
             let mut committed = false;
             for intent in tick.intents {
@@ -249,9 +297,9 @@ impl<C: Clock, A: Acme> NodeDriver<C, A> {
                             .expect("new orders and resumes are cycle commands");
                         // Only an applied command changes the plan; replanning after a rejection would loop.
                         committed |= self.commit(op).await.is_some_and(|r| r.is_accepted());
-                        self.start_cycle(&mut cycles, cert.clone(), term);
+                        self.start_cycle(&mut cycles, cert.clone(), term, &held);
                     }
-                    Intent::Drive { cert, .. } => self.start_cycle(&mut cycles, cert, term),
+                    Intent::Drive { cert, .. } => self.start_cycle(&mut cycles, cert, term, &held),
                     Intent::Defer { cert, until } => deferred.push((cert, until)),
                     Intent::PollRenewalInfo {
                         cert,
@@ -272,6 +320,21 @@ impl<C: Clock, A: Acme> NodeDriver<C, A> {
                             seed,
                         };
                         committed |= self.commit(op).await.is_some();
+                    }
+                    Intent::RollAccountKey { issuer, old, new } => {
+                        // The CA may hold either key until this is done: a cycle's call signed
+                        // with the other one would fail. The cycle tasks stop at their next
+                        // safe point (never between a CA call and the commit of its result:
+                        // an aborted task could lose a created order's URL) and go on from
+                        // their committed steps afterwards.
+                        hold.send_replace(true);
+                        if !Self::drain(&mut cycles).await {
+                            continue; // still stopping: try at the next tick
+                        }
+                        if self.roll_account_key(issuer, old, new, &mut rollover).await {
+                            committed = true;
+                            hold.send_replace(false);
+                        }
                     }
                 }
             }
@@ -298,6 +361,59 @@ impl<C: Clock, A: Acme> NodeDriver<C, A> {
         }
     }
 
+    /// Waits for every cycle task to stop, for at most [`ROLLOVER_DRAIN`]; whether they all did.
+    async fn drain(cycles: &mut BTreeMap<CertId, JoinHandle<()>>) -> bool {
+        let _ = tokio::time::timeout(ROLLOVER_DRAIN, async {
+            for task in cycles.values_mut() {
+                let _ = task.await;
+            }
+        })
+        .await;
+        cycles.retain(|_, task| !task.is_finished());
+        cycles.is_empty()
+    }
+
+    /// One attempt at an account key rollover, unless the last failure asked for a pause;
+    /// whether its outcome was committed.
+    async fn roll_account_key(
+        &self,
+        issuer: IssuerId,
+        old: SealedBlob,
+        new: SealedBlob,
+        pacing: &mut RolloverPacing,
+    ) -> bool {
+        let now = self.node.clock.now();
+        if now < pacing.next_at {
+            return false;
+        }
+        let op = match self.node.acme.roll_account_key(old, new.clone(), now).await {
+            RolloverOutcome::Rolled => Op::AccountKeyRolled {
+                issuer,
+                credentials: new,
+            },
+            RolloverOutcome::Refused(detail) => {
+                tracing::error!(%issuer, %detail, "the CA refused the account key rollover");
+                Op::AccountKeyRolloverRefused {
+                    issuer,
+                    credentials: new,
+                    detail: Failure::clip_detail(&detail),
+                }
+            }
+            RolloverOutcome::Failed(error) => {
+                pacing.failures = pacing.failures.saturating_add(1);
+                let backoff = ROLLOVER_RETRY_MS_MIN
+                    .saturating_mul(1 << pacing.failures.min(6))
+                    .min(ROLLOVER_RETRY_MS_MAX);
+                let after = now.plus_ms(backoff);
+                pacing.next_at = error.retry_at.map_or(after, |at| at.max(after));
+                tracing::warn!(%issuer, detail = %error.detail, failures = pacing.failures, "account key rollover failed; will retry");
+                return false;
+            }
+        };
+        *pacing = RolloverPacing::default();
+        self.commit(op).await.is_some_and(|r| r.is_accepted())
+    }
+
     fn record_tick(&self, tick: &certfleet_core::Plan) {
         let stats = &self.node.stats;
         stats.planner_ticks.fetch_add(1, Ordering::Relaxed);
@@ -315,7 +431,13 @@ impl<C: Clock, A: Acme> NodeDriver<C, A> {
         }
     }
 
-    fn start_cycle(&self, cycles: &mut BTreeMap<CertId, JoinHandle<()>>, cert: CertId, term: u64) {
+    fn start_cycle(
+        &self,
+        cycles: &mut BTreeMap<CertId, JoinHandle<()>>,
+        cert: CertId,
+        term: u64,
+        held: &tokio::sync::watch::Receiver<bool>,
+    ) {
         if cycles.get(&cert).is_some_and(|task| !task.is_finished()) {
             return;
         }
@@ -323,6 +445,7 @@ impl<C: Clock, A: Acme> NodeDriver<C, A> {
             node: self.node.clone(),
             seed: self.draw(),
             term,
+            held: held.clone(),
         };
         self.node
             .stats
@@ -359,6 +482,8 @@ struct CycleTask<C: Clock, A: Acme> {
     node: Shared<C, A>,
     seed: u64,
     term: u64,
+    /// True while an account key rollover waits for this task to stop.
+    held: tokio::sync::watch::Receiver<bool>,
 }
 
 impl<C: Clock, A: Acme> CycleTask<C, A> {
@@ -376,6 +501,11 @@ impl<C: Clock, A: Acme> CycleTask<C, A> {
         if mutation::active(Mutation::NewOrderWhileOpen) {
             self.mutant_new_order(&cert).await;
         }
+        let mut held = self.held.clone();
+        // From `MarkReady` until the order leaves `pending`, the CA is validating: a key
+        // rollover now would change the key authorization it expects (RFC 8555 §8.1), and
+        // fail the order. Such a task finishes its validation before it stops for one.
+        let mut validating = false;
         loop {
             let now = self.node.clock.now();
             let action = self
@@ -386,7 +516,20 @@ impl<C: Clock, A: Acme> CycleTask<C, A> {
                 Action::Done => return,
                 Action::Wait => unreachable!("each action is performed before the next poll"),
                 Action::Sleep { until } => {
-                    tokio::time::sleep(Duration::from_millis(until.ms_since(now).max(1))).await;
+                    // A sleeping task has nothing uncommitted: it may stop here.
+                    if *held.borrow() && !validating {
+                        return;
+                    }
+                    let sleep =
+                        tokio::time::sleep(Duration::from_millis(until.ms_since(now).max(1)));
+                    if validating {
+                        sleep.await;
+                    } else {
+                        tokio::select! {
+                            () = sleep => {}
+                            _ = held.wait_for(|held| *held) => return,
+                        }
+                    }
                     continue;
                 }
                 Action::Commit(command) => match self.commit_until_known(command).await {
@@ -412,10 +555,13 @@ impl<C: Clock, A: Acme> CycleTask<C, A> {
                 }
                 ca_action => {
                     if !mutation::active(Mutation::SkipLeadershipCheck)
-                        && !self.still_owns(&cert).await
+                        && !self.still_owns(&cert, validating).await
                     {
-                        return; // deposed: whoever leads resumes from what was committed
+                        // Deposed, or held for a key rollover: whoever leads resumes from
+                        // what was committed.
+                        return;
                     }
+                    let marks_ready = matches!(ca_action, Action::MarkReady { .. });
                     // The time of the call, not of the poll: the leadership check took a
                     // round trip, and a Retry-After is relative to the call.
                     let now = self.node.clock.now();
@@ -426,6 +572,13 @@ impl<C: Clock, A: Acme> CycleTask<C, A> {
                     {
                         error.retry_at = None;
                     }
+                    match &outcome {
+                        Outcome::ChallengesReady if marks_ready => validating = true,
+                        Outcome::Order(view) if view.status != OrderStatus::Pending => {
+                            validating = false;
+                        }
+                        _ => {}
+                    }
                     outcome
                 }
             };
@@ -434,14 +587,16 @@ impl<C: Clock, A: Acme> CycleTask<C, A> {
     }
 
     /// Before each call to the CA: a quorum confirms this node still leads (a read index), and
-    /// the state, applied up to it, still gives the cycle to this term.
+    /// the state, applied up to it, still gives the cycle to this term and holds no key
+    /// rollover of its issuer (unless the CA is `validating` the cycle's challenges, which
+    /// finishes first).
     ///
     /// A deposed leader learns of it only when it next hears from the others; until then its
     /// applied state says it owns the cycle, and it would call the CA with what it remembers.
     /// Found by the simulator (seed 34 of the processing-order knob): a leader paused for 9 s
     /// woke up and polled an order 90 s before the Retry-After its successor had received.
     /// One heartbeat round per CA call costs far less than the call.
-    async fn still_owns(&self, cert: &CertId) -> bool {
+    async fn still_owns(&self, cert: &CertId, validating: bool) -> bool {
         loop {
             if self.node.confirm_leadership().await {
                 // Confirmed leadership, but perhaps a newer one of this same node: a task of
@@ -452,10 +607,17 @@ impl<C: Clock, A: Acme> CycleTask<C, A> {
                     return false;
                 }
                 return self.node.state_machine.read(|state| {
-                    state
-                        .cert(cert)
-                        .and_then(|record| record.open.as_deref())
+                    let Some(record) = state.cert(cert) else {
+                        return false;
+                    };
+                    let rolling = state
+                        .account(&record.spec.issuer)
+                        .is_some_and(|account| account.rollover.is_some());
+                    record
+                        .open
+                        .as_deref()
                         .is_some_and(|open| open.term == Term(self.term))
+                        && (validating || !rolling)
                 });
             }
             let metrics = self.node.raft.metrics().borrow().clone();
@@ -597,5 +759,25 @@ impl Acme for ModelAcme {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .renewal_info(ari_id, now)
+    }
+
+    async fn roll_account_key(
+        &self,
+        old: SealedBlob,
+        new: SealedBlob,
+        _now: UnixMillis,
+    ) -> RolloverOutcome {
+        let mut ca = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // A model CA nobody bound a key to takes the first one it sees as the account's.
+        if ca.account_key().is_none() {
+            ca.bind_account_key(&old);
+        }
+        match ca.roll_account_key(&old, &new) {
+            Ok(()) => RolloverOutcome::Rolled,
+            Err(detail) => RolloverOutcome::Refused(detail),
+        }
     }
 }

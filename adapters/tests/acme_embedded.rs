@@ -9,7 +9,6 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use certfleet::acme::{AcmeClient, AcmeOptions, Transport};
-use certfleet::node::Acme;
 use certfleet_ca::{
     AcmeServer, CaConfig, CaEvent, ChallengeKind as CaKind, MapTxt, NetworkValidator,
 };

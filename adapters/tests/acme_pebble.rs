@@ -10,7 +10,6 @@ use std::sync::Arc;
 
 use certfleet::acme::dns01::SolverFuture;
 use certfleet::acme::{AcmeClient, AcmeOptions, Dns01Solver, Eab, Transport};
-use certfleet::node::Acme;
 use certfleet_core::command::FailureClass;
 use certfleet_core::model::ChallengeKind;
 use certfleet_core::name::Identifier;

@@ -32,6 +32,7 @@
 pub mod certificate;
 pub mod dns01;
 mod error;
+mod key_change;
 pub mod keys;
 pub mod transport;
 
@@ -56,8 +57,10 @@ use zeroize::Zeroizing;
 pub use self::dns01::{Dns01Solver, ExecHook, HookError};
 pub use self::error::{AcmeError, PROBLEM_PREFIX, describe};
 use self::error::{ca_error, local};
+pub use self::key_change::{
+    KeyChangeOutcome, credentials_with_new_key, key_thumbprint, roll_account_key,
+};
 pub use self::keys::KeySealer;
-use crate::node::Acme;
 
 /// How the adapter reaches the CA.
 pub enum Transport {
@@ -593,8 +596,12 @@ impl AcmeClient {
     }
 }
 
-impl Acme for AcmeClient {
-    async fn perform(&self, action: Action, now: UnixMillis) -> Outcome {
+// Not an `Acme`: one client holds one account key for good, while the cluster's account can
+// roll its key (`ClusterAcme` rebuilds its client from the committed credentials).
+impl AcmeClient {
+    /// Performs one of the core's actions (or `PrepareKey`) and reports its outcome; `now`
+    /// (the caller's clock) dates a `Retry-After`.
+    pub async fn perform(&self, action: Action, now: UnixMillis) -> Outcome {
         let name = action_name(&action);
         let mut rounds = 0;
         loop {
@@ -623,7 +630,9 @@ impl Acme for AcmeClient {
         }
     }
 
-    async fn renewal_info(&self, ari_id: &str, _now: UnixMillis) -> Option<AriWindow> {
+    /// Polls the CA's ARI `renewalInfo` for a certificate (`None` when the CA has no ARI or
+    /// the poll failed).
+    pub async fn renewal_info(&self, ari_id: &str, _now: UnixMillis) -> Option<AriWindow> {
         let id = certificate_identifier(ari_id)?;
         let (info, _poll_again) = match transport::recorded(self.account.renewal_info(&id)).await {
             Ok(answer) => answer,

@@ -586,6 +586,15 @@ impl<A: crate::node::Acme> crate::node::Acme for Counting<A> {
     ) -> Option<certfleet_core::command::AriWindow> {
         self.inner.renewal_info(ari_id, now).await
     }
+
+    async fn roll_account_key(
+        &self,
+        old: certfleet_core::model::SealedBlob,
+        new: certfleet_core::model::SealedBlob,
+        now: certfleet_core::UnixMillis,
+    ) -> crate::node::RolloverOutcome {
+        self.inner.roll_account_key(old, new, now).await
+    }
 }
 
 fn flatten(

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use certfleet::acme::{AcmeClient, KeySealer};
-use certfleet::node::{Acme, Clock, SystemClock};
+use certfleet::node::{Clock, SystemClock};
 use certfleet::seal::{DataKey, Nonces};
 use certfleet_core::model::{KeyType, SealedBlob};
 use certfleet_core::name::Identifier;
