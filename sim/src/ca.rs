@@ -22,13 +22,14 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
-use certfleet::node::{Acme, Clock, SystemClock};
+use certfleet::node::{Acme, Clock, RolloverOutcome, SystemClock};
 use certfleet::raft::StateMachineStore;
 use certfleet::raft::types::TypeConfig;
 use certfleet_core::budget::Rate;
 use certfleet_core::command::AriWindow;
+use certfleet_core::model::{IssuerId, SealedBlob};
 use certfleet_core::order::{Action, CaError, Outcome};
-use certfleet_core::testing::ModelCa;
+use certfleet_core::testing::{ISSUER, ModelCa};
 use certfleet_core::time::mix;
 use certfleet_core::{CertId, Cycle, UnixMillis};
 use openraft::Raft;
@@ -42,10 +43,13 @@ pub enum Window {
     AfterChallengesReady,
     /// After the CA finalized the order, before `CertIssued` commits.
     AfterFinalize,
+    /// After the CA bound the account to a new key, before `AccountKeyRolled` commits. Not an
+    /// order window: not in [`Window::ALL`], and drawn only for runs that roll the key.
+    AfterKeyChange,
 }
 
 impl Window {
-    /// Every window.
+    /// Every order window.
     pub const ALL: [Self; 3] = [
         Self::AfterNewOrder,
         Self::AfterChallengesReady,
@@ -59,6 +63,7 @@ impl Window {
             Self::AfterNewOrder => "after-new-order",
             Self::AfterChallengesReady => "after-challenges-ready",
             Self::AfterFinalize => "after-finalize",
+            Self::AfterKeyChange => "after-key-change",
         }
     }
 }
@@ -117,6 +122,8 @@ struct LateCheck {
     due: UnixMillis,
     url: String,
     members_behind: u32,
+    /// Keys the account had had when the CA was told the challenge is ready.
+    keys_at_ready: usize,
 }
 
 /// A node the load balancer can send the CA's validation request to.
@@ -160,6 +167,17 @@ pub struct CaBooks {
     pub faults_fired: BTreeMap<&'static str, u64>,
     /// Kill requests made.
     pub kills: Vec<KillRequest>,
+    /// The term of the caller of each account key change the CA made (a repeated request for
+    /// a key already bound counts too: it is how a leader finishes a rollover its predecessor
+    /// began).
+    pub key_changes: Vec<u64>,
+    /// Keys the account has had, the registered one included.
+    pub account_keys: u64,
+    /// Calls refused because they were signed with a key that is not the account's.
+    pub wrong_key_calls: Vec<String>,
+    /// Validations that found no answer because the account key changed after the CA was
+    /// told the challenge was ready (and before it looked).
+    pub misses_after_key_change: u64,
 }
 
 /// How long after restarting a node may miss a challenge it acknowledged before (its own
@@ -197,6 +215,8 @@ struct Inner {
     caller: Leadership,
     /// When each node last resumed from a pause (true time).
     resumed: BTreeMap<u64, UnixMillis>,
+    /// Set for the final convergence check: calls wait, unanswered.
+    frozen: bool,
     backends: BTreeMap<u64, Backend>,
     /// Nodes out of the membership, hence of the load balancer.
     withdrawn: std::collections::BTreeSet<u64>,
@@ -254,6 +274,7 @@ impl SimCa {
                 caller_now: UnixMillis::ZERO,
                 caller: Leadership::default(),
                 resumed: BTreeMap::new(),
+                frozen: false,
                 backends: BTreeMap::new(),
                 withdrawn: std::collections::BTreeSet::new(),
                 seed,
@@ -305,12 +326,40 @@ impl SimCa {
         self.inner().backends.remove(&host);
     }
 
+    /// Stops answering: every call from now on waits for good. For the final convergence
+    /// check: with 20-minute certificates the leader commits a renewal step every few hundred
+    /// milliseconds, and on a slow network the edges can trail it by an entry or two for a
+    /// whole minute (seed 60175); without answers, the cycles stop committing.
+    pub fn freeze(&self) {
+        self.inner().frozen = true;
+    }
+
+    /// Waits while the CA is frozen.
+    async fn unless_frozen(&self) {
+        while self.inner().frozen {
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        }
+    }
+
+    /// Binds the account to `key` (its registration): from then on calls signed with another
+    /// key are refused and key authorizations name the bound key.
+    pub fn bind_account_key(&self, key: &SealedBlob) {
+        self.inner().model.bind_account_key(key);
+    }
+
+    /// The account's keys in the order the CA bound them, the last one current.
+    #[must_use]
+    pub fn account_keys(&self) -> Vec<SealedBlob> {
+        self.inner().model.account_keys().to_vec()
+    }
+
     /// A copy of the books.
     #[must_use]
     pub fn books(&self) -> CaBooks {
         let inner = self.inner();
         let mut books = inner.books.clone();
         let model = &inner.model;
+        books.account_keys = model.account_keys().len() as u64;
         books.faults_fired.insert(
             "invalid-authz",
             u64::from(inner.faults.invalid_authz - model.faults.invalid_authz),
@@ -547,6 +596,7 @@ impl Inner {
                     due: true_now.plus_ms(delay),
                     url: url.clone(),
                     members_behind,
+                    keys_at_ready: self.model.account_keys().len(),
                 });
             }
         }
@@ -561,7 +611,8 @@ impl Inner {
         let checks: Vec<LateCheck> = self.late.drain(..due).collect();
         for check in checks {
             let url = std::slice::from_ref(&check.url);
-            self.validate(url, check.members_behind, true_now, 1);
+            let key_changed = self.model.account_keys().len() != check.keys_at_ready;
+            self.validate_as(url, check.members_behind, key_changed, true_now, 1);
             if !self.late.iter().any(|c| c.url == check.url) {
                 self.model.complete_validation(url);
                 *self
@@ -577,6 +628,19 @@ impl Inner {
     /// `Retry-After`, or a reset), or its response lost after the CA acted where a retry is
     /// safe.
     fn flaky(&mut self, action: &Action) -> Flaky {
+        // A lost `newOrder` response leaves an order nobody knows of, unless the CA gives it
+        // back on the retry (order reuse): without reuse no client can avoid a second order,
+        // which DESIGN §5 counts on the order URL coming back to exclude.
+        let retry_safe = match action {
+            Action::CreateOrder { .. } => self.faults.reuse_orders,
+            _ => true,
+        };
+        self.flaky_draw(retry_safe)
+    }
+
+    /// [`Inner::flaky`] for a call whose response may be lost after the CA acted only if
+    /// `retry_safe`.
+    fn flaky_draw(&mut self, retry_safe: bool) -> Flaky {
         if self.faults.flaky_permille == 0 {
             return Flaky::No;
         }
@@ -585,13 +649,6 @@ impl Inner {
         if roll >= self.faults.flaky_permille {
             return Flaky::No;
         }
-        // A lost `newOrder` response leaves an order nobody knows of, unless the CA gives it
-        // back on the retry (order reuse): without reuse no client can avoid a second order,
-        // which DESIGN §5 counts on the order URL coming back to exclude.
-        let retry_safe = match action {
-            Action::CreateOrder { .. } => self.faults.reuse_orders,
-            _ => true,
-        };
         *self.books.faults_fired.entry("ca-flaky").or_default() += 1;
         match roll % 3 {
             0 => Flaky::Refuse(refused_plain(500, "internal error (injected)")),
@@ -605,6 +662,19 @@ impl Inner {
         &mut self,
         urls: &[String],
         members_behind: u32,
+        true_now: UnixMillis,
+        perspectives: u64,
+    ) {
+        self.validate_as(urls, members_behind, false, true_now, perspectives);
+    }
+
+    /// [`Inner::validate`]; `key_changed`: the account key changed since the CA was told the
+    /// challenges were ready, so it now expects another key authorization (RFC 8555 §8.1).
+    fn validate_as(
+        &mut self,
+        urls: &[String],
+        members_behind: u32,
+        key_changed: bool,
         true_now: UnixMillis,
         perspectives: u64,
     ) {
@@ -625,7 +695,7 @@ impl Inner {
             }
             let pick = mix(self.seed, b"load-balancer", self.picks) % hosts.len() as u64;
             let host = hosts[pick as usize];
-            let (token, key_authorization) = ModelCa::expected_answer(url);
+            let (token, key_authorization) = self.model.expected_answer(url);
             let holds = |backend: &Backend| {
                 backend.state_machine.read(|state| {
                     state
@@ -645,7 +715,18 @@ impl Inner {
             let held_anywhere = furthest.is_some_and(holds);
             self.model.fail_validation(url);
             failed.push(url.clone());
-            if !held_anywhere {
+            if key_changed {
+                // What every node was told to answer names the old key. A leader that lives
+                // waits for its validations before it rolls the key; one that died after
+                // `MarkReady` took that knowledge with it, and its successor rolled the key
+                // while the CA was still validating: the order fails, a new cycle follows.
+                self.books.misses_after_key_change += 1;
+                *self
+                    .books
+                    .faults_fired
+                    .entry("validation-after-key-change")
+                    .or_default() += 1;
+            } else if !held_anywhere {
                 // The furthest node does not hold it: the cycle moved on (failed, taken over) and the call came
                 // from a leader that was deposed without knowing it yet. Raft fences commits,
                 // not calls to the CA (DESIGN §5).
@@ -702,43 +783,68 @@ impl std::fmt::Display for Leadership {
 pub struct NodeCa {
     ca: Arc<SimCa>,
     raft: Raft<TypeConfig>,
+    state_machine: StateMachineStore,
     incarnation: u64,
 }
 
 impl NodeCa {
-    /// `raft`'s calls to `ca`, from the `incarnation`th process of its node.
+    /// `raft`'s calls to `ca`, from the `incarnation`th process of its node, signed with the
+    /// account key committed in `state_machine`, as the production adapter signs.
     #[must_use]
-    pub fn new(ca: Arc<SimCa>, raft: Raft<TypeConfig>, incarnation: u64) -> Self {
+    pub fn new(
+        ca: Arc<SimCa>,
+        raft: Raft<TypeConfig>,
+        state_machine: StateMachineStore,
+        incarnation: u64,
+    ) -> Self {
         Self {
             ca,
             raft,
+            state_machine,
             incarnation,
+        }
+    }
+
+    /// The leadership the node believes it holds: term 0 if it knows it does not lead (it has
+    /// seen a newer term), so nothing it hears can be committed by it.
+    fn caller(&self) -> Leadership {
+        let metrics = self.raft.metrics().borrow().clone();
+        let term = if metrics.current_leader == Some(metrics.id) {
+            metrics.current_term
+        } else {
+            0
+        };
+        Leadership {
+            term,
+            node: metrics.id,
+            incarnation: self.incarnation,
         }
     }
 }
 
 impl Acme for NodeCa {
     async fn perform(&self, action: Action, now: UnixMillis) -> Outcome {
-        // The term of the leadership the node believes it holds; 0 if it knows it does not
-        // lead (it has seen a newer term): nothing it hears can be committed by it.
-        let caller = {
-            let metrics = self.raft.metrics().borrow().clone();
-            let term = if metrics.current_leader == Some(metrics.id) {
-                metrics.current_term
-            } else {
-                0
-            };
-            Leadership {
-                term,
-                node: metrics.id,
-                incarnation: self.incarnation,
-            }
-        };
-        self.ca.perform_as(caller, action, now).await
+        let issuer = IssuerId::parse(ISSUER).expect("fixture issuer");
+        let key = self
+            .state_machine
+            .read(|state| state.account(&issuer).map(|a| a.credentials.clone()));
+        self.ca.unless_frozen().await;
+        self.ca.perform_as(self.caller(), key, action, now).await
     }
 
     async fn renewal_info(&self, ari_id: &str, now: UnixMillis) -> Option<AriWindow> {
+        self.ca.unless_frozen().await;
         self.ca.renewal_info(ari_id, now)
+    }
+
+    async fn roll_account_key(
+        &self,
+        old: SealedBlob,
+        new: SealedBlob,
+        now: UnixMillis,
+    ) -> RolloverOutcome {
+        self.ca.unless_frozen().await;
+        self.ca.roll_key_as(self.caller(), &old, &new, now).await
     }
 }
 
@@ -749,8 +855,105 @@ impl SimCa {
         self.inner().resumed.insert(node, SystemClock.now());
     }
 
-    /// A call from `caller`.
-    async fn perform_as(&self, caller: Leadership, action: Action, now: UnixMillis) -> Outcome {
+    /// `caller`'s `keyChange` from `old` to `new` (RFC 8555 §7.3.5), with the CA's outages and
+    /// flaky calls (a lost response after the CA bound the key included), and the leader
+    /// killed right after the CA acted when [`Window::AfterKeyChange`] is armed.
+    async fn roll_key_as(
+        &self,
+        caller: Leadership,
+        old: &SealedBlob,
+        new: &SealedBlob,
+        now: UnixMillis,
+    ) -> RolloverOutcome {
+        let true_now = SystemClock.now();
+        let (outcome, kill) = {
+            let mut inner = self.inner();
+            let inner = &mut *inner;
+            if let Some(&(_, end)) = inner
+                .faults
+                .down
+                .iter()
+                .find(|(start, end)| *start <= true_now && true_now < *end)
+            {
+                *inner.books.faults_fired.entry("ca-down").or_default() += 1;
+                let retry_ms = end.ms_since(true_now).min(60_000);
+                return match refused(
+                    503,
+                    "serverInternal",
+                    "the CA is down for maintenance".into(),
+                    now.plus_ms(retry_ms),
+                    false,
+                ) {
+                    Outcome::Failed(error) => RolloverOutcome::Failed(error),
+                    _ => unreachable!("refused is a failure"),
+                };
+            }
+            let flaky = inner.flaky_draw(true);
+            if inner.verbose {
+                eprintln!(
+                    "ca +{} ms: keyChange from {caller}{}",
+                    true_now.ms_since(inner.origin),
+                    match flaky {
+                        Flaky::No => "",
+                        Flaky::LoseResponse => " (response lost)",
+                        Flaky::Refuse(_) => " (refused: flaky)",
+                    }
+                );
+            }
+            if let Flaky::Refuse(Outcome::Failed(error)) = flaky {
+                return RolloverOutcome::Failed(error);
+            }
+            match inner.model.roll_account_key(old, new) {
+                Err(detail) => (RolloverOutcome::Refused(detail), None),
+                Ok(()) => {
+                    inner.books.key_changes.push(caller.term);
+                    *inner.books.faults_fired.entry("key-rollover").or_default() += 1;
+                    if matches!(flaky, Flaky::LoseResponse) {
+                        // Bound, but the leader never hears it: the next attempt must find out.
+                        return RolloverOutcome::Failed(CaError {
+                            status: None,
+                            problem: None,
+                            detail: "connection reset after the CA acted".into(),
+                            retry_at: None,
+                            account_wide: false,
+                        });
+                    }
+                    let window = Window::AfterKeyChange;
+                    let kill =
+                        inner
+                            .faults
+                            .kills
+                            .iter()
+                            .position(|w| *w == window)
+                            .map(|position| {
+                                inner.faults.kills.remove(position);
+                                let request = KillRequest {
+                                    window,
+                                    order_url: String::new(),
+                                };
+                                inner.books.kills.push(request.clone());
+                                request
+                            });
+                    (RolloverOutcome::Rolled, kill)
+                }
+            }
+        };
+        if let Some(request) = kill {
+            let _ = self.kill_tx.send(request);
+            // The answer is on its way while the leader dies: it never commits it.
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+        outcome
+    }
+
+    /// A call from `caller`, signed with `key` (`None`: the node holds no account).
+    async fn perform_as(
+        &self,
+        caller: Leadership,
+        signed_with: Option<SealedBlob>,
+        action: Action,
+        now: UnixMillis,
+    ) -> Outcome {
         let true_now = SystemClock.now();
         let (outcome, kill) = {
             let mut inner = self.inner();
@@ -794,6 +997,31 @@ impl SimCa {
                     now.plus_ms(retry_ms),
                     false,
                 );
+            }
+            // A CA verifies the JWS before anything else: a call signed with a key the account
+            // no longer has is refused. Only a leader deposed without knowing it should meet
+            // this; the books name every one.
+            if let Some(bound) = inner.model.account_key()
+                && signed_with.as_ref() != Some(bound)
+            {
+                let call = format!("{} {key} from {caller} at {true_now}", action_name(&action));
+                if inner.verbose {
+                    eprintln!("ca: 401 to {call}: signed with another key");
+                }
+                inner.books.wrong_key_calls.push(call);
+                // Not a fault: counted with them so a batch's totals show it.
+                *inner
+                    .books
+                    .faults_fired
+                    .entry("wrong-key-call")
+                    .or_default() += 1;
+                return Outcome::Failed(CaError {
+                    status: Some(401),
+                    problem: Some("urn:ietf:params:acme:error:unauthorized".into()),
+                    detail: "JWS signed with a key that is not the account's".into(),
+                    retry_at: None,
+                    account_wide: true,
+                });
             }
             let flaky = inner.flaky(&action);
             if inner.verbose {

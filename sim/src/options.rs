@@ -125,6 +125,9 @@ pub struct SimOptions {
     /// Per mille of CA calls that fail with a 500 (no `Retry-After`) or a connection reset,
     /// before the CA acts or, where a retry is safe, after it (the response lost).
     pub ca_flaky_permille: u64,
+    /// Account key rollovers in the workload (SIMULATION "Workload"), each an admin write
+    /// at a random point of the safety phase after the bulk import.
+    pub key_rollovers: u64,
     /// A known bug switched back on (tests and `--mutation`; never drawn from the seed).
     pub mutation: Option<Mutation>,
 }
@@ -134,10 +137,15 @@ impl SimOptions {
     #[must_use]
     pub fn from_seed(seed: u64) -> Self {
         let draw = |what: &[u8], bound: u64| mix(seed, what, 0) % bound;
-        let kill_windows = Window::ALL
+        let key_rollovers = draw(b"key-rollovers", 3);
+        let mut kill_windows: Vec<Window> = Window::ALL
             .into_iter()
             .filter(|w| draw(w.name().as_bytes(), 3) == 0)
             .collect();
+        let key_change = Window::AfterKeyChange;
+        if key_rollovers > 0 && draw(key_change.name().as_bytes(), 2) == 0 {
+            kill_windows.push(key_change);
+        }
         Self {
             seed,
             voters: if draw(b"voters", 2) == 0 { 3 } else { 5 },
@@ -202,6 +210,7 @@ impl SimOptions {
             } else {
                 5 + draw(b"ca-flaky-permille", 46)
             },
+            key_rollovers,
             mutation: None,
         }
     }
@@ -264,7 +273,7 @@ impl SimOptions {
     }
 
     /// Fault classes [`SimOptions::without`] can switch off, by name.
-    pub const CLASSES: [&'static str; 21] = [
+    pub const CLASSES: [&'static str; 22] = [
         "crashes",
         "clogs",
         "swizzles",
@@ -286,6 +295,7 @@ impl SimOptions {
         "ca-ari",
         "ca-late-validation",
         "ca-flaky",
+        "key-rollovers",
     ];
 
     /// The same options with the fault class `class` (one of [`SimOptions::CLASSES`]) switched
@@ -316,6 +326,10 @@ impl SimOptions {
             "replacements" => self.replacements = 0,
             "ca-late-validation" => self.ca_late_validation_ms = 0,
             "ca-flaky" => self.ca_flaky_permille = 0,
+            "key-rollovers" => {
+                self.key_rollovers = 0;
+                self.kill_windows.retain(|w| *w != Window::AfterKeyChange);
+            }
             "ca-ari" => {
                 self.ca_ari_moves = false;
                 self.ca_ari_renew_now = 0;
@@ -383,12 +397,13 @@ impl fmt::Display for SimOptions {
         }
         write!(
             f,
-            " ca_ari_moves={} ca_ari_renew_now={} ca_reuse_orders={} ca_late_ms={} ca_flaky={}‰",
+            " ca_ari_moves={} ca_ari_renew_now={} ca_reuse_orders={} ca_late_ms={} ca_flaky={}‰ key_rollovers={}",
             self.ca_ari_moves,
             self.ca_ari_renew_now,
             self.ca_reuse_orders,
             self.ca_late_validation_ms,
-            self.ca_flaky_permille
+            self.ca_flaky_permille,
+            self.key_rollovers
         )?;
         if self.safety_ms != SAFETY_MS {
             write!(f, " safety_ms={}", self.safety_ms)?;
@@ -450,6 +465,7 @@ mod tests {
             (0, 0)
         );
         assert!(!quiet.buggify && quiet.kill_windows.is_empty());
+        assert_eq!(quiet.key_rollovers, 0);
         assert_eq!(
             quiet.writes,
             SimOptions::from_seed(seed).writes,
@@ -535,5 +551,15 @@ mod tests {
         for window in Window::ALL {
             assert!(batch.iter().any(|o| o.kill_windows.contains(&window)));
         }
+        assert!(
+            batch
+                .iter()
+                .any(|o| o.key_rollovers == 2 && o.kill_windows.contains(&Window::AfterKeyChange))
+        );
+        assert!(
+            batch
+                .iter()
+                .all(|o| o.key_rollovers > 0 || !o.kill_windows.contains(&Window::AfterKeyChange))
+        );
     }
 }

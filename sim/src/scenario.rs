@@ -32,16 +32,18 @@ pub fn quiet(seed: u64) -> SimOptions {
         ca_down_long: false,
         replacements: 0,
         kill_windows: Vec::new(),
+        key_rollovers: 0,
         writes: 20,
         ..SimOptions::from_seed(seed)
     }
 }
 
 /// The scenarios [`named`] knows.
-pub const NAMES: [&str; 4] = [
+pub const NAMES: [&str; 5] = [
     "kill-after-new-order",
     "kill-after-challenges-ready",
     "kill-after-finalize",
+    "kill-after-key-change",
     "clog-leader",
 ];
 
@@ -62,12 +64,81 @@ pub fn named(name: &str, seed: u64) -> Option<SimOptions> {
         options.clog_leader = true;
         return Some(options);
     }
+    if name == "kill-after-key-change" {
+        // One account key rollover, and the leader killed as soon as the CA bound the new key.
+        let mut options = quiet(seed);
+        options.key_rollovers = 1;
+        options.kill_windows = vec![Window::AfterKeyChange];
+        return Some(options);
+    }
     let window = Window::ALL
         .into_iter()
         .find(|w| name.strip_prefix("kill-") == Some(w.name()))?;
     let mut options = quiet(seed);
     options.kill_windows = vec![window];
     Some(options)
+}
+
+/// What happened to an account key rollover whose leader was killed right after the CA bound
+/// the new key ([`Window::AfterKeyChange`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyChangeReport {
+    /// The callers' terms of every key change the CA made or confirmed, in order.
+    pub key_changes: Vec<u64>,
+    /// Keys the account has had at the CA (the registered one included).
+    pub account_keys: u64,
+    /// The term of the `AccountKeyRolled` entry, if one was committed.
+    pub rolled_in: Option<u64>,
+}
+
+impl KeyChangeReport {
+    /// Reads it from a run's journal and the CA's books; `None` if the kill did not fire.
+    #[must_use]
+    pub fn of(journal: &Journal, books: &crate::ca::CaBooks) -> Option<Self> {
+        books
+            .kills
+            .iter()
+            .find(|kill| kill.window == Window::AfterKeyChange)?;
+        let rolled_in = journal.accepted().find_map(|(_, r)| match &r.command.op {
+            Op::AccountKeyRolled { .. } => Some(r.entry_term),
+            _ => None,
+        });
+        Some(Self {
+            key_changes: books.key_changes.clone(),
+            account_keys: books.account_keys,
+            rolled_in,
+        })
+    }
+
+    /// Whether a later leader found the key already bound and committed it: the killed
+    /// leader's change, then the next leader's confirmation, which committed the outcome, and
+    /// no key besides the registered one and the new one.
+    #[must_use]
+    pub fn finished_by_next_leader(&self) -> bool {
+        let (Some(first), Some(last)) = (self.key_changes.first(), self.key_changes.last()) else {
+            return false;
+        };
+        self.key_changes.len() >= 2
+            && last > first
+            && self.rolled_in == Some(*last)
+            && self.account_keys == 2
+    }
+}
+
+impl fmt::Display for KeyChangeReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let terms: Vec<String> = self.key_changes.iter().map(u64::to_string).collect();
+        write!(
+            f,
+            "window={} key_changes={} account_keys={} rolled_in={} finished_by_next_leader={}",
+            Window::AfterKeyChange.name(),
+            terms.join(","),
+            self.account_keys,
+            self.rolled_in
+                .map_or_else(|| "none".into(), |t| t.to_string()),
+            self.finished_by_next_leader()
+        )
+    }
 }
 
 /// What happened to the cycle a leader kill hit.
@@ -95,7 +166,10 @@ impl KillReport {
     /// Reads what happened from a run's journal and the CA's books; `None` if no kill fired.
     #[must_use]
     pub fn of(journal: &Journal, books: &crate::ca::CaBooks) -> Option<Self> {
-        let kill = books.kills.first()?;
+        let kill = books
+            .kills
+            .iter()
+            .find(|kill| kill.window != Window::AfterKeyChange)?;
         let created = journal.accepted().find_map(|(_, r)| match &r.command.op {
             Op::OrderCreated {
                 step, order_url, ..

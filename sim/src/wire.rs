@@ -1216,6 +1216,8 @@ impl Run {
             Window::AfterNewOrder => hit.orders <= 2 && held && signed.len() == 1,
             // The URL was committed: the successor resumes that order (DESIGN §5).
             Window::AfterChallengesReady | Window::AfterFinalize => hit.orders == 1 && hit.resumed,
+            // The wire CA has no `keyChange`: this window is never armed here.
+            Window::AfterKeyChange => false,
         };
         if !finished {
             self.violation(format!(

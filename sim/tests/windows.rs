@@ -1,6 +1,7 @@
 //! Named scenarios (SIMULATION "Process"): the leader killed inside each protocol window of an
 //! order, and the cycle finished by the next leader — with the same order where its URL was
-//! committed, and with one extra order (DESIGN §5's bound) where it was not.
+//! committed, and with one extra order (DESIGN §5's bound) where it was not; and the leader
+//! killed right after the CA bound a new account key, the rollover finished by the next one.
 #![cfg(madsim)]
 
 mod common;
@@ -50,4 +51,15 @@ fn a_leader_killed_after_finalize_is_followed_by_a_leader_resuming_the_same_orde
     let report = killed("after-finalize");
     assert_eq!(report["order_committed"], "true");
     assert_eq!(report["orders"], "1", "the same order, not a new one");
+}
+
+#[test]
+fn a_leader_killed_after_the_ca_bound_a_new_account_key_is_followed_by_a_leader_committing_it() {
+    // The killed leader's keyChange, then the next leader's: it finds the key already bound
+    // (RFC 8555 leaves the account on the new key) and commits it.
+    let report = killed("after-key-change");
+    assert_eq!(
+        report["account_keys"], "2",
+        "the registered key and the committed new one, no third"
+    );
 }

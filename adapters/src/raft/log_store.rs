@@ -152,6 +152,15 @@ impl MemLogStore {
         self.disk().fired
     }
 
+    /// The term of the vote on disk (what a restart reads back), 0 before the first vote.
+    #[must_use]
+    pub fn durable_term(&self) -> u64 {
+        self.disk()
+            .durable
+            .vote
+            .map_or(0, |vote| vote.leader_id().term)
+    }
+
     /// Returns once something was appended since the last call returned (at once if it was
     /// meanwhile): a batched fsync waits here instead of waking on a timer through idle days
     /// (a 1 ms sync timer was most of a 14-day simulation's time).

@@ -187,7 +187,7 @@ impl Args {
 fn one(args: &Args) -> ExitCode {
     use certfleet_sim::SimOptions;
     use certfleet_sim::cluster::{self, hex};
-    use certfleet_sim::scenario::{self, KillReport};
+    use certfleet_sim::scenario::{self, KeyChangeReport, KillReport};
 
     let seed = args.seeds.start;
     let options = match &args.scenario {
@@ -239,7 +239,12 @@ fn one(args: &Args) -> ExitCode {
         .as_deref()
         .is_some_and(|name| name.starts_with("kill-"))
     {
-        match KillReport::of(&outcome.journal, &outcome.books) {
+        let report = if args.scenario.as_deref() == Some("kill-after-key-change") {
+            KeyChangeReport::of(&outcome.journal, &outcome.books).map(|r| r.to_string())
+        } else {
+            KillReport::of(&outcome.journal, &outcome.books).map(|r| r.to_string())
+        };
+        match report {
             Some(report) => say!("scenario: {report}"),
             None => say!("scenario: no kill fired"),
         }
