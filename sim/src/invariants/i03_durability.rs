@@ -166,8 +166,13 @@ mod tests {
         let ops = [roll(2)];
         let state = state_after(&ops);
         let journal = Journal::of_ops(&[(1, ops[0].clone())]);
-        let violations =
-            check_account_key(1, &state, &[sealed(2)], &[registered.clone()], &journal);
+        let violations = check_account_key(
+            1,
+            &state,
+            &[sealed(2)],
+            std::slice::from_ref(&registered),
+            &journal,
+        );
         assert_eq!(violations.len(), 2, "{violations:#?}");
         assert!(violations[0].contains("in progress after healing"));
         // Refused by the CA, as committed: the account keeps its key.
