@@ -26,17 +26,23 @@ pub enum Mutation {
     /// A leader calls the CA without confirming, before each call, that it still leads in the
     /// cycle's term: a deposed leader calls with what it remembers (I9).
     SkipLeadershipCheck,
+    /// For an account key rollover the leader aborts its cycle tasks instead of letting them
+    /// stop at a safe point: one aborted between `newOrder` and the commit of the order's URL
+    /// orders again under the same leader (I1; this session's first rollover driver, seed
+    /// 50184).
+    AbortCyclesForRollover,
 }
 
 impl Mutation {
     /// Every mutation.
-    pub const ALL: [Self; 6] = [
+    pub const ALL: [Self; 7] = [
         Self::SkipTermCheck,
         Self::NewOrderWhileOpen,
         Self::ServeBeforeApplied,
         Self::IgnoreRetryAfter,
         Self::AckUnsyncedWrites,
         Self::SkipLeadershipCheck,
+        Self::AbortCyclesForRollover,
     ];
 
     /// The switch's name on the command line (`--mutation <name>`).
@@ -49,6 +55,7 @@ impl Mutation {
             Self::IgnoreRetryAfter => "ignore-retry-after",
             Self::AckUnsyncedWrites => "ack-unsynced-writes",
             Self::SkipLeadershipCheck => "skip-leadership-check",
+            Self::AbortCyclesForRollover => "abort-cycles-for-rollover",
         }
     }
 

@@ -328,6 +328,11 @@ impl<C: Clock, A: Acme> NodeDriver<C, A> {
                         // an aborted task could lose a created order's URL) and go on from
                         // their committed steps afterwards.
                         hold.send_replace(true);
+                        if mutation::active(Mutation::AbortCyclesForRollover) {
+                            for (_, task) in std::mem::take(&mut cycles) {
+                                task.abort();
+                            }
+                        }
                         if !Self::drain(&mut cycles).await {
                             continue; // still stopping: try at the next tick
                         }

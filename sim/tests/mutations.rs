@@ -77,3 +77,11 @@ fn calling_the_ca_without_confirming_the_leadership_is_caught_by_i9() {
         "I9 retry-after",
     );
 }
+
+/// The first key rollover driver, switched back on: seed 50184 found it (an order created, its
+/// task aborted before the URL was committed, a second order by the same leader); none of
+/// 50000..50100 hits that moment.
+#[test]
+fn aborting_cycle_tasks_for_a_key_rollover_is_caught_by_i1() {
+    caught("abort-cycles-for-rollover", 50184, "I1 duplicate orders");
+}
