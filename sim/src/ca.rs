@@ -420,26 +420,63 @@ enum Flaky {
 
 /// A failure without `Retry-After`: a 5xx (`status`), or a transport error (`0`: no response).
 fn refused_plain(status: u16, detail: &str) -> Outcome {
-    Outcome::Failed(CaError {
+    Outcome::Failed(plain_error(status, detail))
+}
+
+fn plain_error(status: u16, detail: &str) -> CaError {
+    CaError {
         status: (status != 0).then_some(status),
         problem: (status != 0).then(|| "urn:ietf:params:acme:error:serverInternal".to_owned()),
         detail: detail.to_owned(),
         retry_at: None,
         account_wide: false,
-    })
+    }
 }
 
 fn refused(status: u16, kind: &str, detail: String, retry_at: UnixMillis, wide: bool) -> Outcome {
-    Outcome::Failed(CaError {
+    Outcome::Failed(retry_error(status, kind, detail, retry_at, wide))
+}
+
+/// A refusal with a `Retry-After` (`retry_at` on the caller's clock).
+fn retry_error(
+    status: u16,
+    kind: &str,
+    detail: String,
+    retry_at: UnixMillis,
+    wide: bool,
+) -> CaError {
+    CaError {
         status: Some(status),
         problem: Some(format!("urn:ietf:params:acme:error:{kind}")),
         detail,
         retry_at: Some(retry_at),
         account_wide: wide,
-    })
+    }
+}
+
+/// What the CA answers while it is down until `end`: a 503 with a `Retry-After` of at most
+/// a minute.
+fn down_error(end: UnixMillis, true_now: UnixMillis, now: UnixMillis) -> CaError {
+    let retry_ms = end.ms_since(true_now).min(60_000);
+    retry_error(
+        503,
+        "serverInternal",
+        "the CA is down for maintenance".into(),
+        now.plus_ms(retry_ms),
+        false,
+    )
 }
 
 impl Inner {
+    /// The outage under way at `true_now`, if any: its start and end.
+    fn outage(&self, true_now: UnixMillis) -> Option<(UnixMillis, UnixMillis)> {
+        self.faults
+            .down
+            .iter()
+            .find(|(start, end)| *start <= true_now && true_now < *end)
+            .copied()
+    }
+
     /// I9: a call for a resource (or, for new orders, the account) before its Retry-After.
     fn check_retry_after(&mut self, action: &Action, key: &str, true_now: UnixMillis) {
         let mut keys = vec![key.to_owned()];
@@ -869,24 +906,9 @@ impl SimCa {
         let (outcome, kill) = {
             let mut inner = self.inner();
             let inner = &mut *inner;
-            if let Some(&(_, end)) = inner
-                .faults
-                .down
-                .iter()
-                .find(|(start, end)| *start <= true_now && true_now < *end)
-            {
+            if let Some((_, end)) = inner.outage(true_now) {
                 *inner.books.faults_fired.entry("ca-down").or_default() += 1;
-                let retry_ms = end.ms_since(true_now).min(60_000);
-                return match refused(
-                    503,
-                    "serverInternal",
-                    "the CA is down for maintenance".into(),
-                    now.plus_ms(retry_ms),
-                    false,
-                ) {
-                    Outcome::Failed(error) => RolloverOutcome::Failed(error),
-                    _ => unreachable!("refused is a failure"),
-                };
+                return RolloverOutcome::Failed(down_error(end, true_now, now));
             }
             let flaky = inner.flaky_draw(true);
             if inner.verbose {
@@ -910,13 +932,10 @@ impl SimCa {
                     *inner.books.faults_fired.entry("key-rollover").or_default() += 1;
                     if matches!(flaky, Flaky::LoseResponse) {
                         // Bound, but the leader never hears it: the next attempt must find out.
-                        return RolloverOutcome::Failed(CaError {
-                            status: None,
-                            problem: None,
-                            detail: "connection reset after the CA acted".into(),
-                            retry_at: None,
-                            account_wide: false,
-                        });
+                        return RolloverOutcome::Failed(plain_error(
+                            0,
+                            "connection reset after the CA acted",
+                        ));
                     }
                     let window = Window::AfterKeyChange;
                     let kill =
@@ -969,12 +988,7 @@ impl SimCa {
             inner.run_late(true_now);
             let key = resource(&action);
             inner.check_retry_after(&action, &key, true_now);
-            if let Some(&(start, end)) = inner
-                .faults
-                .down
-                .iter()
-                .find(|(start, end)| *start <= true_now && true_now < *end)
-            {
+            if let Some((start, end)) = inner.outage(true_now) {
                 let class = if end.ms_since(start) >= LONG_OUTAGE_MS {
                     "ca-down-long"
                 } else {
@@ -990,13 +1004,7 @@ impl SimCa {
                 }
                 let retry_ms = end.ms_since(true_now).min(60_000);
                 inner.block(&key, true_now.plus_ms(retry_ms), false, true_now);
-                return refused(
-                    503,
-                    "serverInternal",
-                    "the CA is down for maintenance".into(),
-                    now.plus_ms(retry_ms),
-                    false,
-                );
+                return Outcome::Failed(down_error(end, true_now, now));
             }
             // A CA verifies the JWS before anything else: a call signed with a key the account
             // no longer has is refused. Only a leader deposed without knowing it should meet
