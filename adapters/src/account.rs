@@ -10,6 +10,7 @@ use certfleet_core::model::{Account, IssuerId, SealedBlob};
 use certfleet_core::order::{Action, CaError, Outcome};
 use certfleet_core::{Command, UnixMillis};
 use openraft::Raft;
+use zeroize::Zeroizing;
 
 use crate::acme::{
     AcmeClient, AcmeError, AcmeOptions, KeyChangeOutcome, KeySealer, Transport, describe,
@@ -127,12 +128,9 @@ pub async fn begin_key_rollover(
             rollover.requested_at
         ));
     }
-    let json = sealer
-        .open(&account.credentials)
-        .map_err(|error| format!("open the account credentials of {issuer}: {error}"))?;
-    let json = std::str::from_utf8(&json)
-        .map_err(|_| format!("the account credentials of {issuer} are not UTF-8 JSON"))?;
-    let fresh = crate::acme::credentials_with_new_key(json)
+    let json = open_credentials(sealer, &account.credentials)
+        .map_err(|error| format!("{error} (issuer {issuer})"))?;
+    let fresh = crate::acme::credentials_with_new_key(&json)
         .map_err(|error| format!("make a new key for {issuer}'s account: {error}"))?;
     let credentials = sealer.seal(fresh.as_bytes());
     let command = Command {
@@ -222,23 +220,16 @@ impl ClusterAcme {
     }
 
     /// The credentials JSON inside `blob`.
-    fn open(&self, blob: &SealedBlob) -> Result<zeroize::Zeroizing<String>, CaError> {
-        let json = self
-            .sealer
-            .open(blob)
-            .map_err(|error| local_failure(format!("open the account credentials: {error}")))?;
-        String::from_utf8(json.to_vec())
-            .map(zeroize::Zeroizing::new)
-            .map_err(|_| local_failure("the account credentials are not UTF-8 JSON".into()))
+    fn open(&self, blob: &SealedBlob) -> Result<Zeroizing<String>, CaError> {
+        open_credentials(&self.sealer, blob).map_err(local_failure)
     }
 
     async fn client(&self, now: UnixMillis) -> Result<Arc<AcmeClient>, CaError> {
-        let failed = local_failure;
         let committed = self
             .state_machine
             .read(|state| state.account(&self.issuer).map(|a| a.credentials.clone()))
             .ok_or_else(|| {
-                failed(format!(
+                local_failure(format!(
                     "no account is committed for issuer {:?}",
                     self.issuer
                 ))
@@ -260,7 +251,7 @@ impl ClusterAcme {
         .await
         .map_err(|error| match error.ca() {
             Some(ca) => ca.clone(),
-            None => failed(format!("rebuild the account: {error}")),
+            None => local_failure(format!("rebuild the account: {error}")),
         })?;
         let client = Arc::new(client);
         *slot = Some((committed, client.clone()));
@@ -317,6 +308,22 @@ impl Acme for ClusterAcme {
             Err(error) => RolloverOutcome::Failed(error),
         }
     }
+}
+
+/// The account credentials JSON sealed in `blob`.
+fn open_credentials(sealer: &KeySealer, blob: &SealedBlob) -> Result<Zeroizing<String>, String> {
+    let mut bytes = sealer
+        .open(blob)
+        .map_err(|error| format!("open the account credentials: {error}"))?;
+    // Moved out, not copied: the buffer goes on zeroized on drop, as the `String`'s.
+    String::from_utf8(std::mem::take(&mut *bytes))
+        .map(Zeroizing::new)
+        .map_err(|error| {
+            // The bytes are a key in clear: wipe them before the error drops them.
+            let mut bytes = error.into_bytes();
+            zeroize::Zeroize::zeroize(&mut bytes);
+            "the account credentials are not UTF-8 JSON".to_owned()
+        })
 }
 
 /// A failure on this side of the CA (credentials, transport set-up); it holds every call of

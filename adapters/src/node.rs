@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use certfleet_core::command::{AriWindow, Failure, Op};
 use certfleet_core::model::{IssuerId, SealedBlob};
-use certfleet_core::order::{Action, CaError, OrderDriver, OrderStatus, Outcome};
+use certfleet_core::order::{Action, CaError, OrderDriver, OrderStatus, Outcome, growing_delay_ms};
 use certfleet_core::time::mix;
 use certfleet_core::{CertId, Command, Intent, Response, Term, UnixMillis, plan};
 use openraft::Raft;
@@ -83,11 +83,6 @@ pub enum RolloverOutcome {
 
 /// How long a key rollover waits, per planner tick, for the cycle tasks to stop.
 const ROLLOVER_DRAIN: Duration = Duration::from_secs(30);
-
-/// Retries of a failed key rollover: doubling from a second to a minute, or the CA's
-/// `Retry-After` if later.
-const ROLLOVER_RETRY_MS_MIN: u64 = 1_000;
-const ROLLOVER_RETRY_MS_MAX: u64 = 60_000;
 
 /// Failed key rollover attempts in a row under this leadership, and when to try again.
 #[derive(Debug, Default)]
@@ -405,11 +400,10 @@ impl<C: Clock, A: Acme> NodeDriver<C, A> {
                 }
             }
             RolloverOutcome::Failed(error) => {
+                // Paced as the core paces retries inside an order (a second, doubling, to a
+                // minute), or the CA's Retry-After if later.
                 pacing.failures = pacing.failures.saturating_add(1);
-                let backoff = ROLLOVER_RETRY_MS_MIN
-                    .saturating_mul(1 << pacing.failures.min(6))
-                    .min(ROLLOVER_RETRY_MS_MAX);
-                let after = now.plus_ms(backoff);
+                let after = now.plus_ms(growing_delay_ms(pacing.failures));
                 pacing.next_at = error.retry_at.map_or(after, |at| at.max(after));
                 tracing::warn!(%issuer, detail = %error.detail, failures = pacing.failures, "account key rollover failed; will retry");
                 return false;

@@ -46,7 +46,8 @@ pub const POLL_DELAY_MS_MAX: u64 = MINUTE_MS;
 
 /// The wait before the `n`-th poll or retry in a row: doubling from [`POLL_DELAY_MS_MIN`],
 /// at most [`POLL_DELAY_MS_MAX`].
-fn growing_delay_ms(n: u32) -> u64 {
+#[must_use]
+pub fn growing_delay_ms(n: u32) -> u64 {
     // 2^6 s already passes the cap.
     POLL_DELAY_MS_MIN
         .saturating_mul(1 << n.min(6))

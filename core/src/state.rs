@@ -438,34 +438,29 @@ impl State {
         // Key authorizations name the account key (RFC 8555 §8.1): published ones now answer
         // for a key the CA no longer holds. Cycles that have not got past their challenges go
         // back to fetching authorizations, and publish again with the new key.
-        let stale: Vec<CertId> = self
-            .open
-            .iter()
-            .filter(|cert| {
-                self.certs.get(*cert).is_some_and(|record| {
-                    record.spec.issuer == *issuer
-                        && record.open.as_ref().is_some_and(|open| {
-                            matches!(open.step, OrderStep::ChallengesPublished { .. })
-                        })
-                })
-            })
-            .cloned()
-            .collect();
-        for cert in stale {
-            let Some(open) = self.certs.get_mut(&cert).and_then(|r| r.open.as_mut()) else {
+        for cert in &self.open {
+            let Some(record) = self.certs.get_mut(cert) else {
                 continue;
             };
-            let OrderStep::ChallengesPublished { order, challenges } =
-                mem::replace(&mut open.step, OrderStep::Begun)
-            else {
-                unreachable!("filtered on ChallengesPublished above");
+            if record.spec.issuer != *issuer {
+                continue;
+            }
+            let Some(open) = record.open.as_mut() else {
+                continue;
             };
-            open.step = OrderStep::OrderCreated { order };
-            for challenge in challenges {
-                events.push(Event::ChallengeWithdrawn {
-                    cert: cert.clone(),
-                    challenge,
-                });
+            if let OrderStep::ChallengesPublished { order, challenges } = &mut open.step {
+                let withdrawn = mem::take(challenges);
+                open.step = OrderStep::OrderCreated {
+                    order: order.clone(),
+                };
+                events.extend(
+                    withdrawn
+                        .into_iter()
+                        .map(|challenge| Event::ChallengeWithdrawn {
+                            cert: cert.clone(),
+                            challenge,
+                        }),
+                );
             }
         }
         Ok(())

@@ -360,6 +360,16 @@ impl SimCa {
         let mut books = inner.books.clone();
         let model = &inner.model;
         books.account_keys = model.account_keys().len() as u64;
+        // Counted with the faults so a batch's totals show them; only where they happened.
+        for (class, count) in [
+            ("key-rollover", books.key_changes.len() as u64),
+            ("wrong-key-call", books.wrong_key_calls.len() as u64),
+            ("validation-after-key-change", books.misses_after_key_change),
+        ] {
+            if count > 0 {
+                books.faults_fired.insert(class, count);
+            }
+        }
         books.faults_fired.insert(
             "invalid-authz",
             u64::from(inner.faults.invalid_authz - model.faults.invalid_authz),
@@ -418,6 +428,17 @@ enum Flaky {
     LoseResponse,
 }
 
+impl Flaky {
+    /// How the verbose log marks the call.
+    fn label(&self) -> &'static str {
+        match self {
+            Self::No => "",
+            Self::LoseResponse => " (response lost)",
+            Self::Refuse(_) => " (refused: flaky)",
+        }
+    }
+}
+
 /// A failure without `Retry-After`: a 5xx (`status`), or a transport error (`0`: no response).
 fn refused_plain(status: u16, detail: &str) -> Outcome {
     Outcome::Failed(plain_error(status, detail))
@@ -468,6 +489,22 @@ fn down_error(end: UnixMillis, true_now: UnixMillis, now: UnixMillis) -> CaError
 }
 
 impl Inner {
+    /// The kill armed for `window`, if any, taken (each window kills once) and booked.
+    fn take_kill(
+        &mut self,
+        window: Window,
+        order_url: impl FnOnce() -> String,
+    ) -> Option<KillRequest> {
+        let position = self.faults.kills.iter().position(|w| *w == window)?;
+        self.faults.kills.remove(position);
+        let request = KillRequest {
+            window,
+            order_url: order_url(),
+        };
+        self.books.kills.push(request.clone());
+        Some(request)
+    }
+
     /// The outage under way at `true_now`, if any: its start and end.
     fn outage(&self, true_now: UnixMillis) -> Option<(UnixMillis, UnixMillis)> {
         self.faults
@@ -649,7 +686,7 @@ impl Inner {
         for check in checks {
             let url = std::slice::from_ref(&check.url);
             let key_changed = self.model.account_keys().len() != check.keys_at_ready;
-            self.validate_as(url, check.members_behind, key_changed, true_now, 1);
+            self.validate(url, check.members_behind, key_changed, true_now, 1);
             if !self.late.iter().any(|c| c.url == check.url) {
                 self.model.complete_validation(url);
                 *self
@@ -695,19 +732,9 @@ impl Inner {
     }
 
     /// Picks the node the load balancer sends the validation request to, and checks its answer.
+    /// `key_changed`: the account key changed since the CA was told the challenges were
+    /// ready, so it now expects another key authorization (RFC 8555 §8.1).
     fn validate(
-        &mut self,
-        urls: &[String],
-        members_behind: u32,
-        true_now: UnixMillis,
-        perspectives: u64,
-    ) {
-        self.validate_as(urls, members_behind, false, true_now, perspectives);
-    }
-
-    /// [`Inner::validate`]; `key_changed`: the account key changed since the CA was told the
-    /// challenges were ready, so it now expects another key authorization (RFC 8555 §8.1).
-    fn validate_as(
         &mut self,
         urls: &[String],
         members_behind: u32,
@@ -758,11 +785,6 @@ impl Inner {
                 // `MarkReady` took that knowledge with it, and its successor rolled the key
                 // while the CA was still validating: the order fails, a new cycle follows.
                 self.books.misses_after_key_change += 1;
-                *self
-                    .books
-                    .faults_fired
-                    .entry("validation-after-key-change")
-                    .or_default() += 1;
             } else if !held_anywhere {
                 // The furthest node does not hold it: the cycle moved on (failed, taken over) and the call came
                 // from a leader that was deposed without knowing it yet. Raft fences commits,
@@ -821,6 +843,8 @@ pub struct NodeCa {
     ca: Arc<SimCa>,
     raft: Raft<TypeConfig>,
     state_machine: StateMachineStore,
+    /// The simulation's one issuer, whose committed key signs the calls.
+    issuer: IssuerId,
     incarnation: u64,
 }
 
@@ -838,6 +862,7 @@ impl NodeCa {
             ca,
             raft,
             state_machine,
+            issuer: IssuerId::parse(ISSUER).expect("the fixture issuer is valid"),
             incarnation,
         }
     }
@@ -861,10 +886,9 @@ impl NodeCa {
 
 impl Acme for NodeCa {
     async fn perform(&self, action: Action, now: UnixMillis) -> Outcome {
-        let issuer = IssuerId::parse(ISSUER).expect("fixture issuer");
         let key = self
             .state_machine
-            .read(|state| state.account(&issuer).map(|a| a.credentials.clone()));
+            .read(|state| state.account(&self.issuer).map(|a| a.credentials.clone()));
         self.ca.unless_frozen().await;
         self.ca.perform_as(self.caller(), key, action, now).await
     }
@@ -915,11 +939,7 @@ impl SimCa {
                 eprintln!(
                     "ca +{} ms: keyChange from {caller}{}",
                     true_now.ms_since(inner.origin),
-                    match flaky {
-                        Flaky::No => "",
-                        Flaky::LoseResponse => " (response lost)",
-                        Flaky::Refuse(_) => " (refused: flaky)",
-                    }
+                    flaky.label()
                 );
             }
             if let Flaky::Refuse(Outcome::Failed(error)) = flaky {
@@ -929,7 +949,6 @@ impl SimCa {
                 Err(detail) => (RolloverOutcome::Refused(detail), None),
                 Ok(()) => {
                     inner.books.key_changes.push(caller.term);
-                    *inner.books.faults_fired.entry("key-rollover").or_default() += 1;
                     if matches!(flaky, Flaky::LoseResponse) {
                         // Bound, but the leader never hears it: the next attempt must find out.
                         return RolloverOutcome::Failed(plain_error(
@@ -937,32 +956,22 @@ impl SimCa {
                             "connection reset after the CA acted",
                         ));
                     }
-                    let window = Window::AfterKeyChange;
-                    let kill =
-                        inner
-                            .faults
-                            .kills
-                            .iter()
-                            .position(|w| *w == window)
-                            .map(|position| {
-                                inner.faults.kills.remove(position);
-                                let request = KillRequest {
-                                    window,
-                                    order_url: String::new(),
-                                };
-                                inner.books.kills.push(request.clone());
-                                request
-                            });
+                    let kill = inner.take_kill(Window::AfterKeyChange, String::new);
                     (RolloverOutcome::Rolled, kill)
                 }
             }
         };
+        self.deliver(kill).await;
+        outcome
+    }
+
+    /// Sends a kill request to the harness, and holds the answer while the leader dies: it
+    /// never gets to commit what it was told.
+    async fn deliver(&self, kill: Option<KillRequest>) {
         if let Some(request) = kill {
             let _ = self.kill_tx.send(request);
-            // The answer is on its way while the leader dies: it never commits it.
             tokio::time::sleep(std::time::Duration::from_millis(200)).await;
         }
-        outcome
     }
 
     /// A call from `caller`, signed with `key` (`None`: the node holds no account).
@@ -1017,12 +1026,6 @@ impl SimCa {
                     eprintln!("ca: 401 to {call}: signed with another key");
                 }
                 inner.books.wrong_key_calls.push(call);
-                // Not a fault: counted with them so a batch's totals show it.
-                *inner
-                    .books
-                    .faults_fired
-                    .entry("wrong-key-call")
-                    .or_default() += 1;
                 return Outcome::Failed(CaError {
                     status: Some(401),
                     problem: Some("urn:ietf:params:acme:error:unauthorized".into()),
@@ -1037,11 +1040,7 @@ impl SimCa {
                     "ca +{} ms: {} {key} from {caller}{}",
                     true_now.ms_since(inner.origin),
                     action_name(&action),
-                    match flaky {
-                        Flaky::No => "",
-                        Flaky::LoseResponse => " (response lost)",
-                        Flaky::Refuse(_) => " (refused: flaky)",
-                    }
+                    flaky.label()
                 );
             }
             let mut account_arrival = None;
@@ -1148,7 +1147,7 @@ impl SimCa {
                     ..
                 } => {
                     let perspectives = inner.faults.perspectives;
-                    inner.validate(urls, *members_behind, true_now, perspectives);
+                    inner.validate(urls, *members_behind, false, true_now, perspectives);
                     inner.model.perform(&action, true_now)
                 }
                 _ => inner.model.perform(&action, true_now),
@@ -1214,9 +1213,7 @@ impl SimCa {
             // A lost response reaches no leader: nothing to kill it for.
             let window = window.filter(|_| !lose_response);
             let kill = window.and_then(|window| {
-                let position = inner.faults.kills.iter().position(|w| *w == window)?;
-                inner.faults.kills.remove(position);
-                let order_url = match (&action, &outcome) {
+                inner.take_kill(window, || match (&action, &outcome) {
                     (_, Outcome::OrderCreated { order_url, .. })
                     | (Action::Finalize { order_url, .. }, _) => order_url.clone(),
                     (Action::MarkReady { urls, .. }, _) => urls
@@ -1225,10 +1222,7 @@ impl SimCa {
                         .unwrap_or_default()
                         .to_owned(),
                     _ => String::new(),
-                };
-                let request = KillRequest { window, order_url };
-                inner.books.kills.push(request.clone());
-                Some(request)
+                })
             });
             if lose_response {
                 return refused_plain(0, "connection reset after the CA acted");
@@ -1250,11 +1244,7 @@ impl SimCa {
             };
             (outcome, kill)
         };
-        if let Some(request) = kill {
-            let _ = self.kill_tx.send(request);
-            // The reply is on its way while the leader dies: it never gets to commit it.
-            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-        }
+        self.deliver(kill).await;
         outcome
     }
 

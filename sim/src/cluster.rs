@@ -333,6 +333,15 @@ async fn membership_committed(leader: &Raft<TypeConfig>) -> bool {
         .is_none_or(|id| id.index <= applied)
 }
 
+/// The membership `raft` holds now (its latest, committed or not).
+fn membership_of(raft: &Raft<TypeConfig>) -> openraft::Membership<NodeId, BasicNode> {
+    raft.metrics()
+        .borrow()
+        .membership_config
+        .membership()
+        .clone()
+}
+
 /// Adds `id` as a learner through `leader` (`blocking`: waits until it caught up, as long as
 /// 30 s) and reports whether a quorum confirms the change committed.
 async fn learner_committed(
@@ -1316,8 +1325,7 @@ impl Run {
         }
         let what = if voter { "voter" } else { "edge" };
         let members = self.leader().map(|raft| {
-            let metrics = raft.metrics().borrow().clone();
-            let config = metrics.membership_config.membership().clone();
+            let config = membership_of(&raft);
             (
                 config.voter_ids().collect::<Vec<_>>(),
                 config.learner_ids().collect::<Vec<_>>(),
@@ -1404,14 +1412,9 @@ impl Run {
     async fn replace_voter(&mut self, target: u64) {
         use openraft::ChangeMembers;
         let old = &self.hosts[target as usize - 1];
-        let is_voter = self.leader().is_some_and(|leader| {
-            let metrics = leader.metrics().borrow().clone();
-            metrics
-                .membership_config
-                .membership()
-                .voter_ids()
-                .any(|id| id == target)
-        });
+        let is_voter = self
+            .leader()
+            .is_some_and(|leader| membership_of(&leader).voter_ids().any(|id| id == target));
         if old.retired || !old.up || !is_voter {
             note!(
                 &mut self.trace,
@@ -1452,13 +1455,8 @@ impl Run {
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 continue;
             };
-            let voters: std::collections::BTreeSet<u64> = leader
-                .metrics()
-                .borrow()
-                .membership_config
-                .membership()
-                .voter_ids()
-                .collect();
+            let voters: std::collections::BTreeSet<u64> =
+                membership_of(&leader).voter_ids().collect();
             if voters.contains(&id) && !voters.contains(&target) {
                 swapped = membership_committed(&leader).await;
                 if swapped {
@@ -1499,11 +1497,7 @@ impl Run {
             // The new host stays: a learner that heal leaves be. The old voter goes back
             // behind the load balancer if it is still a member (else it stays drained).
             let member = self.leader().is_some_and(|leader| {
-                leader
-                    .metrics()
-                    .borrow()
-                    .membership_config
-                    .membership()
+                membership_of(&leader)
                     .nodes()
                     .any(|(node, _)| *node == target)
             });
@@ -2010,8 +2004,8 @@ impl Run {
             .collect();
         note!(&mut self.trace, "faults: {}", fired.join(" "));
         if self.options.key_rollovers > 0 || !books.wrong_key_calls.is_empty() {
-            // Calls signed with a key the CA no longer held: only from leaders deposed without
-            // knowing it, whose steps cannot commit.
+            // Calls signed with a key the CA no longer held: none in the 1,000-seed batch of
+            // session 8; a leader deposed without knowing it could make one (it cannot commit).
             note!(
                 &mut self.trace,
                 "account: keys={} key_changes={} wrong_key_calls={} misses_after_key_change={}",

@@ -79,6 +79,17 @@ pub fn named(name: &str, seed: u64) -> Option<SimOptions> {
     Some(options)
 }
 
+/// The report of the kill scenario `name` (a `kill-…` of [`NAMES`]) after its run; `None` if
+/// its kill did not fire.
+#[must_use]
+pub fn kill_report(name: &str, journal: &Journal, books: &crate::ca::CaBooks) -> Option<String> {
+    if name == "kill-after-key-change" {
+        KeyChangeReport::of(journal, books).map(|report| report.to_string())
+    } else {
+        KillReport::of(journal, books).map(|report| report.to_string())
+    }
+}
+
 /// What happened to an account key rollover whose leader was killed right after the CA bound
 /// the new key ([`Window::AfterKeyChange`]).
 #[derive(Clone, Debug, PartialEq, Eq)]

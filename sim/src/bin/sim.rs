@@ -27,17 +27,23 @@
 
 use std::process::ExitCode;
 
-/// `println!` that ends the process quietly when its reader has gone (`--seed S | head -1`):
-/// `println!` panics on the broken pipe, and Rust ignores SIGPIPE. 141 is what a shell reports
-/// for a process SIGPIPE ended.
+/// `println!` that ends the process quietly when its reader has gone (see [`emit`]).
 #[cfg(madsim)]
 macro_rules! say {
-    ($($arg:tt)*) => {{
-        use std::io::Write as _;
-        if writeln!(std::io::stdout().lock(), $($arg)*).is_err() {
-            std::process::exit(141);
-        }
-    }};
+    ($($arg:tt)*) => {
+        emit(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
+/// Writes to stdout, ending the process quietly when its reader has gone (`--seed S | head
+/// -1`): `print!` panics on the broken pipe, and Rust ignores SIGPIPE. 141 is what a shell
+/// reports for a process SIGPIPE ended.
+#[cfg(madsim)]
+fn emit(text: std::fmt::Arguments<'_>) {
+    use std::io::Write as _;
+    if std::io::stdout().lock().write_fmt(text).is_err() {
+        std::process::exit(141);
+    }
 }
 
 #[cfg(madsim)]
@@ -187,7 +193,7 @@ impl Args {
 fn one(args: &Args) -> ExitCode {
     use certfleet_sim::SimOptions;
     use certfleet_sim::cluster::{self, hex};
-    use certfleet_sim::scenario::{self, KeyChangeReport, KillReport};
+    use certfleet_sim::scenario;
 
     let seed = args.seeds.start;
     let options = match &args.scenario {
@@ -234,17 +240,10 @@ fn one(args: &Args) -> ExitCode {
         }
         say!("  replay: {}", replay_command(seed, args));
     }
-    if args
-        .scenario
-        .as_deref()
-        .is_some_and(|name| name.starts_with("kill-"))
+    if let Some(name) = args.scenario.as_deref()
+        && name.starts_with("kill-")
     {
-        let report = if args.scenario.as_deref() == Some("kill-after-key-change") {
-            KeyChangeReport::of(&outcome.journal, &outcome.books).map(|r| r.to_string())
-        } else {
-            KillReport::of(&outcome.journal, &outcome.books).map(|r| r.to_string())
-        };
-        match report {
+        match scenario::kill_report(name, &outcome.journal, &outcome.books) {
             Some(report) => say!("scenario: {report}"),
             None => say!("scenario: no kill fired"),
         }
@@ -266,7 +265,7 @@ fn one(args: &Args) -> ExitCode {
         fired.join(",")
     );
     if !args.quiet {
-        print!("{}", outcome.trace);
+        emit(format_args!("{}", outcome.trace));
     }
     say!("digest: {digest}");
     if outcome.violations.is_empty() {
@@ -291,7 +290,7 @@ fn wire(args: &Args) -> ExitCode {
         flags.push_str(&format!(" --wire-kill {}", kill.name()));
     }
     let report = wire::run(seed, options);
-    print!("{report}");
+    emit(format_args!("{report}"));
     if !report.violations.is_empty() {
         say!("  replay: {}{flags}", replay_command(seed, args));
     }
